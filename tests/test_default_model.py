@@ -79,3 +79,22 @@ def test_demo_cli_prints_top5_and_logit_lens():
     lens_rows = [line for line in text.splitlines() if line.strip()[:2].strip().isdigit() and "'" in line]
     assert len(lens_rows) >= 30  # 5 top tokens + 30 layers
     assert text.rstrip().splitlines()[-1].split()[0] == "29"
+
+
+def test_readme_quick_start_runs(default_model, monkeypatch):
+    """The README's quick-start block runs as written (load_model returns the already-loaded model)."""
+    import re
+    from pathlib import Path
+
+    import arrakis_jupyter
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    block = re.search(r"## Quick start\s+```python\n(.*?)```", readme, re.S).group(1)
+    assert len(block.strip().splitlines()) <= 10
+    monkeypatch.setattr(arrakis_jupyter, "load_model", lambda *a, **k: default_model)
+    namespace: dict = {}
+    try:
+        exec(compile(block, "README.md", "exec"), namespace)
+    finally:
+        torch.set_grad_enabled(True)
+    assert namespace["cache"]["blocks.10.attn.hook_pattern"].shape == (1, 9, 5, 5)

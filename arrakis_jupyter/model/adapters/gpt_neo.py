@@ -12,38 +12,13 @@ import torch
 from torch import nn
 
 from .base import Adapter, Emit
+from .gpt2 import GPT2Adapter
 
 
-class GPTNeoAdapter(Adapter):
+class GPTNeoAdapter(GPT2Adapter):
+    """GPT-2's module paths, with separate q/k/v/out projections inside ``attn.attention``."""
+
     model_types = ("gpt_neo",)
-    normalization = "layernorm"
-    positional_embedding = "learned"
-    gated_mlp = False
-
-    @property
-    def base(self):
-        return self.hf.transformer
-
-    def embed(self):
-        return self.base.wte
-
-    def pos_embed(self):
-        return self.base.wpe
-
-    def layers(self):
-        return self.base.h
-
-    def ln_final(self):
-        return self.base.ln_f
-
-    def ln1(self, block):
-        return block.ln_1
-
-    def ln2(self, block):
-        return block.ln_2
-
-    def attn(self, block):
-        return block.attn
 
     def attention_module_for_core(self, attn):
         return attn.attention
@@ -52,21 +27,15 @@ class GPTNeoAdapter(Adapter):
         inner = attn.attention
         return inner.q_proj, inner.k_proj, inner.v_proj
 
+    def fused_qkv(self, attn):
+        return None
+
     def o_proj(self, attn):
         return attn.attention.out_proj
 
-    def mlp_in(self, mlp):
-        return mlp.c_fc
-
-    def mlp_in_linear(self, mlp):
-        return None
-
-    def mlp_out(self, mlp):
-        return mlp.c_proj
-
     def model_config(self):
         c = self.config
-        return replace(super().model_config(), d_mlp=int(c.intermediate_size or 4 * c.hidden_size),
+        return replace(Adapter.model_config(self), d_mlp=int(c.intermediate_size or 4 * c.hidden_size),
                        extra={"attention_layers": list(c.attention_layers), "window_size": c.window_size})
 
     @contextmanager
