@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from arrakis_jupyter import ActivationCache
+from arrakis_jupyter.model.cache import LazyActivation
 from conftest import ARCHS, tiny
 
 ATOL = 1e-5
@@ -62,6 +63,16 @@ def test_head_results_sum_to_attn_out(run):
     # stack_head_results from hook_z alone gives the same per-head outputs
     z_only = ActivationCache({k: v for k, v in cache.items() if "hook_result" not in k}, model)
     torch.testing.assert_close(z_only.stack_head_results(), cache.stack_head_results(), atol=ATOL, rtol=0)
+
+
+def test_lazy_head_results_equal_those_computed_in_the_forward_pass(run, tokens):
+    """run_with_cache materialises hook_result on first read; a hook on it makes it computed in the forward."""
+    model, _, _, cache = run
+    with torch.no_grad():
+        _, forced = model.run_with_cache(tokens, names_filter="blocks.1.attn.hook_result",
+                                         fwd_hooks=[("blocks.1.attn.hook_result", lambda t, h: None)])
+    assert not isinstance(forced._acts["blocks.1.attn.hook_result"], LazyActivation)
+    torch.testing.assert_close(cache["blocks.1.attn.hook_result"], forced["blocks.1.attn.hook_result"], atol=ATOL, rtol=0)
 
 
 def test_patterns_are_causal_distributions(run):

@@ -13,7 +13,7 @@ Norm conventions (stated once, used everywhere):
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import torch
 
@@ -50,6 +50,13 @@ def act_name(name: str, layer: int | None = None, sub: str | None = None) -> str
     return f"blocks.{layer}.{_SHORT[name]}"
 
 
+class LazyActivation:
+    """An activation computed on its first read (per-head results from the cached ``hook_z``)."""
+
+    def __init__(self, compute: Callable[[], torch.Tensor]) -> None:
+        self.compute = compute
+
+
 class ActivationCache(Mapping):
     """Dict-like ``hook name -> tensor`` (shapes as in the hook list), plus analysis helpers.
 
@@ -69,7 +76,10 @@ class ActivationCache(Mapping):
     def __getitem__(self, key) -> torch.Tensor:
         name = self._key(key)
         if name in self._acts:
-            return self._acts[name]
+            value = self._acts[name]
+            if isinstance(value, LazyActivation):
+                value = self._acts[name] = value.compute()
+            return value
         if name in self.model.hook_name_set:
             raise HookNameError(f"{name!r} was not cached in this run; include it in names_filter")
         raise HookNameError(f"{name!r} is not a hook point of this model." + close_matches(name, self._acts))
@@ -88,13 +98,13 @@ class ActivationCache(Mapping):
 
     def to(self, device: str | torch.device) -> "ActivationCache":
         """A copy of the cache with every tensor on ``device``."""
-        return ActivationCache({k: v.to(device) for k, v in self._acts.items()}, self.model)
+        return ActivationCache({k: v.to(device) for k, v in self.items()}, self.model)
 
     def remove_batch_dim(self) -> "ActivationCache":
         """A copy with the batch dimension (of size 1) dropped."""
-        if any(v.shape[0] != 1 for v in self._acts.values()):
+        if any(v.shape[0] != 1 for v in self.values()):
             raise ArrakisValueError("remove_batch_dim needs a batch of size 1")
-        return ActivationCache({k: v[0] for k, v in self._acts.items()}, self.model)
+        return ActivationCache({k: v[0] for k, v in self.items()}, self.model)
 
     # ---- residual stream -------------------------------------------------------------------
     def _layer_bound(self, layer: int | None) -> int:
@@ -162,10 +172,9 @@ class ActivationCache(Mapping):
         for l in range(upto):
             name = f"blocks.{l}.attn.hook_result"
             if name in self._acts:
-                result = self._acts[name]
+                result = self[name]
             else:
-                z = self[f"blocks.{l}.attn.hook_z"]
-                result = torch.einsum("...hd,hdm->...hm", z, self.model.W_O[l].to(z.device, z.dtype))
+                result = self.model.head_results(l, self[f"blocks.{l}.attn.hook_z"])
             parts.append(result.movedim(-2, 0))
             labels += [f"L{l}H{h}" for h in range(cfg.n_heads)]
         stack = torch.cat(parts)

@@ -11,7 +11,7 @@ from ..errors import (ArrakisValueError, HookNameError, SequenceTooLongError, Un
                       check_index, close_matches)
 from .adapters import adapter_for
 from .adapters.base import linear_params
-from .cache import ActivationCache
+from .cache import ActivationCache, LazyActivation
 from .config import HookedAutoConfig, ModelConfig
 from .hooks import HookAttachment, HookFn, block_hook_names
 
@@ -279,6 +279,11 @@ class HookedAutoModel(nn.Module):
         unless grad mode is on. ``fwd_hooks`` run before caching, so the cache sees patched values.
         """
         names = self.match_names(names_filter)
+        resolved = self._resolve(fwd_hooks)
+        # Per-head results are materialised on first read from the cached z (exact, and it saves a
+        # [batch, pos, head, d_model] tensor per layer), unless a hook replaces them in this run.
+        lazy = {n: n.replace("attn.hook_result", "attn.hook_z") for n in names
+                if n.endswith("attn.hook_result") and n not in resolved}
         store: dict[str, torch.Tensor] = {}
         select = _pos_selector(pos_slice)
 
@@ -290,13 +295,25 @@ class HookedAutoModel(nn.Module):
                 t = t.to(device=device, dtype=dtype)
             store[hook.name] = t
 
-        resolved = self._resolve(fwd_hooks)
-        for n in names:
+        for n in set(names) - set(lazy) | set(lazy.values()):
             resolved.setdefault(n, []).append(save)
         with HookAttachment(self, resolved):
             out = self.forward(inp, return_type=return_type, **kwargs)
-        ordered = {n: store[n] for n in self._hook_names if n in store}
+        ordered: dict[str, Any] = {}
+        wanted = set(names)
+        for n in self._hook_names:
+            if n in lazy:
+                z, layer = store[lazy[n]], int(n.split(".")[1])
+                ordered[n] = LazyActivation(lambda z=z, layer=layer: self.head_results(layer, z))
+            elif n in wanted and n in store:
+                ordered[n] = store[n]
         return out, ActivationCache(ordered, self)
+
+    def head_results(self, layer: int, z: torch.Tensor) -> torch.Tensor:
+        """Per-head outputs in the residual basis, [..., head, d_model] = z [..., head, d_head] @ W_O[layer]."""
+        attn = self.adapter.attn(self.adapter.layers()[layer])
+        w = self.linear_params(self.adapter.o_proj(attn))[0].unflatten(0, (self.cfg.n_heads, self.cfg.d_head))
+        return torch.einsum("...hd,hdm->...hm", z, w.to(z.device, z.dtype))
 
     @torch.no_grad()
     def generate(self, inp, max_new_tokens: int = 20, **hf_kwargs: Any):

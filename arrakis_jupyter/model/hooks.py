@@ -265,16 +265,14 @@ class HookAttachment:
     def _attach_result(self, o_proj: nn.Module, name: str) -> None:
         """Per-head outputs [batch, pos, head, d_model] = z_h @ W_O[h]; replacing them sets the output to their sum + b_O."""
         model = self.model
-        cfg = model.cfg
+        layer = HookPoint(name).layer()
 
         def hook(mod, args, output):
-            w, b = model.linear_params(mod)  # W [H*dh, d_model]
-            z = args[0].unflatten(-1, (cfg.n_heads, cfg.d_head))
-            w_o = w.to(z.dtype).unflatten(0, (cfg.n_heads, cfg.d_head))
-            result = torch.einsum("bphd,hdm->bphm", z, w_o)
+            result = model.head_results(layer, args[0].unflatten(-1, (model.cfg.n_heads, model.cfg.d_head)))
             new = self.emit(name, result)
             if new is result:
                 return None
+            b = model.linear_params(mod)[1]
             out = new.sum(-2)
             return out + b.to(out.dtype) if b is not None else out
 

@@ -1,0 +1,5 @@
+"""MI tools: each module registers its tool under the Arrakis key (see ``registry``)."""
+from .base import BaseInterpretabilityTool, LabelledTensor, head_label
+from .registry import get_tool_class, register_tool, registry
+
+__all__ = ["BaseInterpretabilityTool", "LabelledTensor", "get_tool_class", "head_label", "register_tool", "registry"]
