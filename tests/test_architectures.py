@@ -214,3 +214,17 @@ def test_loaded_with_eager_attention_too(name, tokens):
         logits, cache = model.run_with_cache(tokens, names_filter=lambda n: n.endswith("hook_pattern"))
     torch.testing.assert_close(logits, ref, atol=ATOL, rtol=0)
     assert len(cache) == model.cfg.n_layers
+
+
+@pytest.mark.parametrize("name", ARCHS)
+def test_bfloat16_model_hooks_bit_exactly(name, tokens):
+    """A half-precision model (eager attention) gives the same logits hooked as plain, bit for bit."""
+    model = tiny(name)
+    model.hf_model.to(torch.bfloat16)
+    if model.cfg.hf_model_type != "gpt_neo":
+        model.hf_model.set_attn_implementation("eager")
+    with torch.no_grad():
+        ref = model.hf_model(tokens).logits
+        logits, cache = model.run_with_cache(tokens)
+    assert torch.equal(logits, ref)
+    assert cache["pattern", 0].dtype == torch.bfloat16
