@@ -98,3 +98,26 @@ def test_readme_quick_start_runs(default_model, monkeypatch):
     finally:
         torch.set_grad_enabled(True)
     assert namespace["cache"]["blocks.10.attn.hook_pattern"].shape == (1, 9, 5, 5)
+
+
+def test_from_pretrained_reads_the_gguf_file_directly():
+    """``from_pretrained(dir, gguf_file=...)`` de-quantises the GGUF in memory, tokenizer included."""
+    from arrakis_jupyter.model.loading import default_gguf_path
+
+    gguf = default_gguf_path()
+    model = HookedAutoModel.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    assert model.tokenizer is not None and model.cfg.n_layers == 30
+    with torch.no_grad():
+        logits = model(PROMPT)
+    assert model.to_string(int(logits[0, -1].argmax())) == " Paris"
+
+
+def test_cache_dir_follows_the_environment(monkeypatch, tmp_path):
+    from pathlib import Path
+
+    from arrakis_jupyter.model.loading import cache_dir
+
+    monkeypatch.setenv("ARRAKIS_CACHE_DIR", str(tmp_path))
+    assert cache_dir() == tmp_path
+    monkeypatch.delenv("ARRAKIS_CACHE_DIR")
+    assert cache_dir() == Path.home() / ".cache" / "arrakis_jupyter"
