@@ -58,5 +58,67 @@ QUICKSTART = [
              "print('P(Paris) ablated', float(ablated[0, -1].softmax(-1)[paris]))"),
 ]
 
+CIRCUITS = [
+    ("md", "# Circuits on SmolLM2-135M\n\nInduction heads, then an indirect-object-identification (IOI) style "
+           "circuit: logit difference, direct logit attribution by head, activation patching by layer x position "
+           "and by head, and causal tracing of a fact. Every number comes from a registered tool "
+           "(`exp.tools[...]`), each tested against an independent computation."),
+    ("code", "import torch\nimport pandas as pd\nfrom bokeh.plotting import figure, show, output_notebook\n"
+             "from bokeh.models import LinearColorMapper, ColorBar\nfrom arrakis_jupyter import load_model\n"
+             "from arrakis_jupyter.bench import BaseInterpretabilityBench\n\n"
+             "torch.set_grad_enabled(False)\noutput_notebook(hide_banner=True)\n"
+             "model = load_model()\nexp = BaseInterpretabilityBench(model)"),
+    ("code", "def heatmap(result, title, palette='RdBu11', symmetric=True):\n"
+             "    \"\"\"A bokeh heatmap of a 2-D LabelledTensor (rows: its first dim).\"\"\"\n"
+             "    frame = result.to_frame()\n"
+             "    rows, cols = [str(r) for r in frame.index], [str(c) for c in frame.columns]\n"
+             "    values = frame.to_numpy()\n"
+             "    bound = float(abs(values).max()) or 1.0\n"
+             "    mapper = LinearColorMapper(palette=palette, low=-bound if symmetric else values.min(), high=bound)\n"
+             "    p = figure(title=title, x_range=cols, y_range=rows[::-1], width=max(300, 40 * len(cols) + 150),\n"
+             "               height=max(250, 14 * len(rows) + 80), tools='hover', tooltips=[('value', '@image')])\n"
+             "    p.image(image=[values[::-1]], x=0, y=0, dw=len(cols), dh=len(rows), color_mapper=mapper)\n"
+             "    p.add_layout(ColorBar(color_mapper=mapper), 'right')\n"
+             "    p.xaxis.major_label_orientation = 0.9\n"
+             "    show(p)"),
+    ("md", "## 1. Induction heads\nOn a random block of tokens repeated twice, an induction head attends from each "
+           "token of the second copy to the token after its first occurrence."),
+    ("code", "@exp.use_tools('attention')\ndef induction_heads(attention):\n"
+             "    scores = attention.head_scores('induction')\n"
+             "    return scores, attention.top_heads(scores, 5)\n\n"
+             "induction, top = induction_heads()\nheatmap(induction, 'Induction score (layer x head)', "
+             "palette='Viridis256', symmetric=False)\ntop"),
+    ("md", "## 2. An IOI-style circuit\nClean: the indirect object is Mary. Corrupted: the subject is swapped, so "
+           "the answer flips to John. The metric is the logit difference Mary - John at the last position."),
+    ("code", "clean = 'When Mary and John went to the store, John gave a drink to'\n"
+             "corrupted = 'When Mary and John went to the store, Mary gave a drink to'\n"
+             "mary, john = model.to_single_token(' Mary'), model.to_single_token(' John')\n\n"
+             "def logit_diff(logits):\n    return logits[0, -1, mary] - logits[0, -1, john]\n\n"
+             "print('tokens:', len(model.to_str_tokens(clean)))\n"
+             "print('clean logit diff    ', float(logit_diff(model(clean))))\n"
+             "print('corrupted logit diff', float(logit_diff(model(corrupted))))"),
+    ("md", "### Direct logit attribution by head\nEach head's output through the final norm (frozen scale) onto "
+           "the Mary - John unembedding direction; the parts add up to the logit difference."),
+    ("code", "dla = exp.tools['logit'].logit_attribution(clean, ' Mary', other=' John')\n"
+             "print('sum of parts', round(dla.total, 4), ' logit difference', round(dla.logit, 4))\ndla.top(10)"),
+    ("md", "### Activation patching\nPatch the clean residual stream into the corrupted run at one layer and "
+           "position; 1.0 would restore the clean logit difference, 0.0 does nothing."),
+    ("code", "causal = exp.tools['causal']\nclean_ld, corr_ld = float(logit_diff(model(clean))), "
+             "float(logit_diff(model(corrupted)))\n\n"
+             "def restored(logits):\n    return (logit_diff(logits) - corr_ld) / (clean_ld - corr_ld)\n\n"
+             "resid = causal.patch(clean, corrupted, restored, hook='resid_pre', by='layer_pos')\n"
+             "heatmap(resid, 'resid_pre patching (layer x position)')"),
+    ("code", "heads = causal.patch(clean, corrupted, restored, hook='z', by='head')\n"
+             "heatmap(heads, 'Per-head output (z) patching (layer x head)')\n"
+             "heads.to_frame().stack().sort_values(key=abs, ascending=False).head(8)"),
+    ("md", "## 3. Causal tracing of a fact (ROME)\nCorrupt the subject's embeddings with noise, then restore one "
+           "hidden state at a time and see how much of the probability of ' Paris' comes back."),
+    ("code", "trace = causal.trace_token_probability('The Eiffel Tower is located in the city of', ' Paris',\n"
+             "                                       subject='The Eiffel Tower', n_samples=3)\n"
+             "print('clean p', round(trace.clean_prob, 4), ' corrupted p', round(trace.corrupted_prob, 4))\n"
+             "heatmap(trace.scores, 'Restored p(Paris) (layer x position)', palette='Viridis256', symmetric=False)"),
+]
+
 if __name__ == "__main__":
     nbf.write(notebook(QUICKSTART), HERE / "01_quickstart.ipynb")
+    nbf.write(notebook(CIRCUITS), HERE / "02_circuits.ipynb")
