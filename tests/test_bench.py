@@ -89,3 +89,23 @@ def test_labelled_tensor_frames_and_checks():
         LabelledTensor(torch.zeros(2, 3), ("layer", "pos"), {"pos": ["a", "b"]})
     with pytest.raises(ArrakisValueError, match="dim names"):
         LabelledTensor(torch.zeros(2, 3), ("layer",))
+
+
+def test_every_arrakis_circuit_tool_is_registered_with_its_methods(model):
+    import arrakis_jupyter
+
+    expected = {
+        "attention": ["attention_patterns", "top_attended_ids", "ablate_head", "merge_heads", "head_scores"],
+        "composer": ["head_composition", "attention_path_patching", "composition_scores"],
+        "logit": ["logit_attribution", "track_token_circulation"],
+        "logit_lens": ["logit_lens", "layer_attributions", "logit_lens_table"],
+        "write_read": ["identify_write_heads", "identify_read_heads", "trace_information_flow"],
+        "residual": ["residual_decomposition", "residual_movement", "feature_attribution"],
+        "decomposer": ["mlp_basis", "decompose_residual"],
+        "causal": ["trace_token_probability", "intervene_on_neuron", "patch", "attribution_patch"],
+    }
+    exp = arrakis_jupyter.BaseInterpretabilityBench(model)
+    for key, methods in expected.items():
+        tool = exp.tools[key]
+        assert isinstance(tool, BaseInterpretabilityTool) and tool.model is model
+        assert all(callable(getattr(tool, m)) for m in methods), key
