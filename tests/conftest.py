@@ -5,6 +5,8 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import socket
+
 import pytest
 import torch
 
@@ -41,3 +43,18 @@ def default_model():
     from arrakis_jupyter import load_model
 
     return load_model()
+
+
+def offline_guard(mp: pytest.MonkeyPatch) -> None:
+    """Make any hub or network access fail loudly (TransformerLens's bridge must run offline)."""
+    mp.setenv("HF_HUB_OFFLINE", "1")
+    mp.setenv("TRANSFORMERS_OFFLINE", "1")
+    import huggingface_hub.constants
+
+    mp.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+
+    def no_network(*args, **kwargs):
+        raise AssertionError(f"network access attempted: {args!r}")
+
+    mp.setattr(socket.socket, "connect", no_network)
+    mp.setattr(socket, "create_connection", no_network)

@@ -42,10 +42,11 @@ from __future__ import annotations
 
 import copy
 import os
-import socket
 
 import pytest
 import torch
+
+from conftest import offline_guard
 
 from arrakis_jupyter.model.config import HookedAutoConfig
 from arrakis_jupyter.model.hooked import HookedAutoModel
@@ -61,20 +62,6 @@ ARCHS = {
 }
 PER_LAYER = ["hook_resid_pre", "hook_resid_post", "attn.hook_pattern", "attn.hook_z", "hook_attn_out",
              "hook_mlp_out"]
-
-
-def _offline_guard(mp: pytest.MonkeyPatch) -> None:
-    mp.setenv("HF_HUB_OFFLINE", "1")
-    mp.setenv("TRANSFORMERS_OFFLINE", "1")
-    import huggingface_hub.constants
-
-    mp.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-
-    def no_network(*args, **kwargs):
-        raise AssertionError(f"network access attempted while the bridge boots/runs: {args!r}")
-
-    mp.setattr(socket.socket, "connect", no_network)
-    mp.setattr(socket, "create_connection", no_network)
 
 
 def _randomise(hf_model: torch.nn.Module, gen: torch.Generator) -> None:
@@ -128,7 +115,7 @@ def pair(request, tokenizer_dir, tokens):
     name = request.param
     ours = _build_model(name)
     with pytest.MonkeyPatch.context() as mp:
-        _offline_guard(mp)
+        offline_guard(mp)
         from transformers import AutoTokenizer
         from transformer_lens.model_bridge import TransformerBridge
 

@@ -30,7 +30,6 @@ What is checked, and against what:
 from __future__ import annotations
 
 import copy
-import socket
 
 import pandas as pd
 import pytest
@@ -40,7 +39,7 @@ import arrakis_jupyter.tools.causal  # noqa: F401  (registers the tool)
 from arrakis_jupyter.errors import ArrakisIndexError, ArrakisValueError
 from arrakis_jupyter.tools import LabelledTensor, get_tool_class
 from arrakis_jupyter.tools.causal import CausalTracer, NeuronEffect, TraceResult
-from conftest import ARCHS, VOCAB, tiny
+from conftest import ARCHS, VOCAB, tiny, offline_guard
 
 TL_TOL = 1e-3
 TL_NAMES = {"llama": "meta-llama/Llama-3.2-1B", "gpt2": "openai-community/gpt2"}
@@ -72,23 +71,9 @@ def logit_diff(logits: torch.Tensor) -> torch.Tensor:
     return (logits[:, -1, 5] - logits[:, -1, 7]).mean()
 
 
-def _offline(mp: pytest.MonkeyPatch) -> None:
-    mp.setenv("HF_HUB_OFFLINE", "1")
-    mp.setenv("TRANSFORMERS_OFFLINE", "1")
-    import huggingface_hub.constants
-
-    mp.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-
-    def no_network(*args, **kwargs):
-        raise AssertionError(f"network access attempted: {args!r}")
-
-    mp.setattr(socket.socket, "connect", no_network)
-    mp.setattr(socket, "create_connection", no_network)
-
-
 def _boot(name: str, hf_model, tokenizer):
     with pytest.MonkeyPatch.context() as mp:
-        _offline(mp)
+        offline_guard(mp)
         from transformer_lens.model_bridge import TransformerBridge
 
         bridge = TransformerBridge.boot_transformers(name, hf_model=copy.deepcopy(hf_model), tokenizer=tokenizer,
