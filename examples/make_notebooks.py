@@ -63,7 +63,7 @@ CIRCUITS = [
            "circuit: logit difference, direct logit attribution by head, activation patching by layer x position "
            "and by head, and causal tracing of a fact. Every number comes from a registered tool "
            "(`exp.tools[...]`), each tested against an independent computation."),
-    ("code", "import torch\nimport pandas as pd\nfrom bokeh.plotting import figure, show, output_notebook\n"
+    ("code", "import torch\nfrom bokeh.plotting import figure, show, output_notebook\n"
              "from bokeh.models import LinearColorMapper, ColorBar\nfrom arrakis_jupyter import load_model\n"
              "from arrakis_jupyter.bench import BaseInterpretabilityBench\n\n"
              "torch.set_grad_enabled(False)\noutput_notebook(hide_banner=True)\n"

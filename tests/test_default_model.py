@@ -4,7 +4,6 @@ from __future__ import annotations
 import io
 import os
 
-import pytest
 import torch
 
 from arrakis_jupyter import HookedAutoModel

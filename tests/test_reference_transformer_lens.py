@@ -41,7 +41,6 @@ to ``boot_transformers`` is only recorded: with ``hf_model=`` the architecture a
 from __future__ import annotations
 
 import copy
-import os
 
 import pytest
 import torch

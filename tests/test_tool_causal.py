@@ -398,7 +398,7 @@ def test_bad_input_is_a_clear_error():
         tool.trace_token_probability(clean, 5, kind="resid")
     with pytest.raises(ArrakisValueError, match=r"subject span .* got \(3, 3\)"):
         tool.trace_token_probability(clean, 5, subject=(3, 3))
-    with pytest.raises(ArrakisValueError, match="takes one prompt, got a batch of 2"):
+    with pytest.raises(ArrakisValueError, match="takes one sequence at a time, got a batch of 2"):
         tool.trace_token_probability(clean.repeat(2, 1), 5)
 
 

@@ -232,7 +232,7 @@ def test_bad_input_gets_clear_errors(tokens):
         tool.trace_information_flow(tokens[:1], 9, 1)
     with pytest.raises(ArrakisValueError, match=r"dst position 1 .* is before src position 5"):
         tool.trace_information_flow(tokens[:1], 5, 1)
-    with pytest.raises(ArrakisValueError, match="one sequence, got a batch of 2"):
+    with pytest.raises(ArrakisValueError, match="one sequence at a time, got a batch of 2"):
         tool.trace_information_flow(tokens, 0, 1)
     with pytest.raises(ArrakisValueError, match=r"src_token token 'zebra' is not in the input; its tokens are \["):
         tool.trace_information_flow(tokens[:1], "zebra", 1)

@@ -227,7 +227,7 @@ def test_bad_input_gets_clear_errors(model, tokens, default_model):
         tool.feature_attribution(t, 3, output="prob")
     with pytest.raises(ArrakisValueError, match="steps must be a positive int, got 0"):
         tool.feature_attribution(t, 3, steps=0)
-    with pytest.raises(ArrakisValueError, match="one sequence, got a batch of 2"):
+    with pytest.raises(ArrakisValueError, match="one sequence at a time, got a batch of 2"):
         tool.feature_attribution(tokens, 3)
     with pytest.raises(ArrakisValueError, match="needs a tokenizer with a pad token"):
         tool.feature_attribution(t, 3, baseline="pad")

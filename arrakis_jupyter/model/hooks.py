@@ -166,7 +166,7 @@ class HookAttachment:
         self._stack.close()
 
     def _attach(self) -> None:
-        m, a, cfg = self.model, self.model.adapter, self.model.cfg
+        a = self.model.adapter
         if self._wants("hook_embed"):
             self._on_output(a.embed(), "hook_embed")
         if self._wants("hook_pos_embed"):

@@ -97,6 +97,32 @@ class BaseInterpretabilityTool:
         """A single token id from an id or a string that is exactly one token."""
         return self.model.to_single_token(token)
 
+    def target_token(self, token: Any, what: str = "target_idx") -> int:
+        """One token id from an int, a one-token string, or a one-element tensor / array / list."""
+        if isinstance(token, torch.Tensor) and not token.is_floating_point():
+            if token.numel() != 1:
+                raise ArrakisValueError(f"{what} must be one token, got a tensor of {token.numel()} ids")
+            token = int(token.reshape(-1)[0])
+        elif isinstance(token, (list, tuple)):
+            if len(token) != 1:
+                raise ArrakisValueError(f"{what} must be one token, got {len(token)}: {list(token)!r}")
+            token = token[0]
+        if type(token).__module__ == "numpy" and getattr(token, "dtype", None) is not None and token.dtype.kind in "iu":
+            token = int(token)
+        if isinstance(token, bool) or not isinstance(token, (int, str)):
+            raise ArrakisValueError(f"{what} must be a token id (int) or a string that is one token, got {token!r}")
+        return self.token_id(token)
+
+    def one_sequence(self, input_ids, what: str | None = None) -> torch.Tensor:
+        """``input_ids`` as [1, pos] ids; a batch of several sequences is refused."""
+        tokens = self.tokens(input_ids)
+        if tokens.shape[0] != 1:
+            raise ArrakisValueError(f"{what or type(self).__name__} takes one sequence at a time, got a batch of "
+                                    f"{tokens.shape[0]}; pass one text or ids of shape [pos] or [1, pos]")
+        if tokens.shape[1] == 0:
+            raise ArrakisValueError("the input has no tokens")
+        return tokens
+
     def str_tokens(self, tokens: torch.Tensor) -> list[str]:
         """Token strings of a [pos] or [1, pos] sequence (indices when the model has no tokenizer)."""
         row = tokens[0] if tokens.ndim == 2 else tokens

@@ -400,10 +400,8 @@ class CausalTracer(BaseInterpretabilityTool):
         kind: ``"hidden"`` (layer outputs), ``"attn"`` or ``"mlp"`` (windows of ``window`` layers).
         Returns a :class:`TraceResult` with ``scores`` [layer, pos] (restored probabilities).
         """
-        tokens = self.tokens(input_ids)
-        if tokens.shape[0] != 1:
-            raise ArrakisValueError(f"trace_token_probability takes one prompt, got a batch of {tokens.shape[0]}")
-        target = self.model.to_single_token(int(target_idx) if isinstance(target_idx, torch.Tensor) else target_idx)
+        tokens = self.one_sequence(input_ids, "trace_token_probability")
+        target = self.target_token(target_idx)
         if kind not in TRACE_SITES:
             raise ArrakisValueError(f"kind must be one of {', '.join(map(repr, TRACE_SITES))}, got {kind!r}")
         for what, v in (("window", window), ("n_samples", n_samples)):
@@ -455,9 +453,7 @@ class CausalTracer(BaseInterpretabilityTool):
         """Scale MLP neuron ``neuron_idx`` of ``layer_idx`` (``mlp.hook_post``, every position) by ``scale``
         (0 ablates it) for one run, and compare the prediction at ``pos`` with the unchanged run.
         Hooks only: the weights are never edited."""
-        tokens = self.tokens(input_ids)
-        if tokens.shape[0] != 1:
-            raise ArrakisValueError(f"intervene_on_neuron takes one prompt, got a batch of {tokens.shape[0]}")
+        tokens = self.one_sequence(input_ids, "intervene_on_neuron")
         layer = self.check_layer(layer_idx)
         neuron = check_index(neuron_idx, self.model.cfg.d_mlp, "neuron")
         p = check_index(pos, tokens.shape[1], "position")

@@ -16,7 +16,6 @@ import torch
 
 from ..errors import ArrakisValueError
 from .base import BaseInterpretabilityTool, LabelledTensor
-from .logit_attribution import single_sequence
 from .registry import register_tool
 
 
@@ -51,7 +50,7 @@ class ResidualDecomposer(BaseInterpretabilityTool):
         ``u_n``), ``activation`` (the neuron's ``mlp.hook_post`` at that position) and ``write``
         (``activation * |W_out[n]|``: how far the neuron itself moved the residual along ``u_n``).
         """
-        tokens = single_sequence(self, input_ids)
+        tokens = self.one_sequence(input_ids)
         layer = self.check_layer(layer_idx)
         d_mlp = self.model.cfg.d_mlp
         if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= d_mlp:

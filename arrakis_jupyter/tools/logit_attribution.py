@@ -29,28 +29,6 @@ Token = int | str
 
 # ---- helpers shared by the logit tools ---------------------------------------------------------
 
-def single_sequence(tool: BaseInterpretabilityTool, input_ids: Any) -> torch.Tensor:
-    """``input_ids`` as [1, pos] ids; a batch of more than one sequence is refused."""
-    tokens = tool.tokens(input_ids)
-    if tokens.shape[0] != 1:
-        raise ArrakisValueError(f"{type(tool).__name__} analyses one sequence at a time, got a batch of "
-                                f"{tokens.shape[0]}; pass one text or ids of shape [pos] or [1, pos]")
-    if tokens.shape[1] == 0:
-        raise ArrakisValueError("the input has no tokens")
-    return tokens
-
-
-def resolve_token(tool: BaseInterpretabilityTool, token: Any, what: str = "target_idx") -> int:
-    """A token id from an id (int, 0-d tensor) or a string that is exactly one token."""
-    if isinstance(token, torch.Tensor) and token.numel() == 1 and not token.is_floating_point():
-        token = int(token)
-    elif type(token).__module__ == "numpy" and hasattr(token, "dtype") and token.dtype.kind in "iu":
-        token = int(token)
-    if isinstance(token, bool) or not isinstance(token, (int, str)):
-        raise ArrakisValueError(f"{what} must be a token id (int) or a string that is one token, got {token!r}")
-    return tool.token_id(token)
-
-
 def resolve_pos(pos: int, n_pos: int) -> int:
     """A position in [0, n_pos) (negative counts from the end)."""
     return check_index(pos, n_pos, "position")
@@ -161,9 +139,9 @@ class LogitAttributor(BaseInterpretabilityTool):
         logit of ``target_idx`` (a token id or a one-token string) at position ``pos`` (default the last),
         or to ``logit[target_idx] - logit[other]`` when ``other`` is given. See the module doc for the
         norm convention; ``result.total == result.logit`` up to float error."""
-        tokens = single_sequence(self, input_ids)
-        target = resolve_token(self, target_idx)
-        other_id = None if other is None else resolve_token(self, other, "other")
+        tokens = self.one_sequence(input_ids)
+        target = self.target_token(target_idx)
+        other_id = None if other is None else self.target_token(other, "other")
         pos = resolve_pos(pos, tokens.shape[1])
         logits, cache = self._run(tokens, pos)
         comps, labels, _ = self._components(cache)
@@ -195,8 +173,8 @@ class LogitAttributor(BaseInterpretabilityTool):
         n = self.model.cfg.n_layers
         if isinstance(n_layers, bool) or not isinstance(n_layers, int) or not 1 <= n_layers <= n:
             raise ArrakisValueError(f"n_layers (layers per window) must be an int in [1, {n}], got {n_layers!r}")
-        tokens = single_sequence(self, input_ids)
-        target = resolve_token(self, target_idx)
+        tokens = self.one_sequence(input_ids)
+        target = self.target_token(target_idx)
         pos = resolve_pos(pos, tokens.shape[1])
         _, cache = self._run(tokens, pos)
         comps, _, layer_of = self._components(cache)

@@ -16,7 +16,7 @@ import torch
 
 from ..errors import ArrakisValueError
 from .base import BaseInterpretabilityTool, LabelledTensor
-from .logit_attribution import Token, lens_logits, rank_of, resolve_pos, resolve_token, single_sequence, token_str
+from .logit_attribution import Token, lens_logits, rank_of, resolve_pos, token_str
 from .registry import register_tool
 
 
@@ -87,8 +87,8 @@ class LogitLens(BaseInterpretabilityTool):
     def logit_lens(self, input_ids: Any, target_idx: Token, layer_idx: int, pos: int = -1) -> LensReading:
         """The logit, probability and rank of ``target_idx`` (a token id or a one-token string) read from
         the residual after layer ``layer_idx`` at ``pos``, with the model's final values alongside."""
-        tokens = single_sequence(self, input_ids)
-        target = resolve_token(self, target_idx)
+        tokens = self.one_sequence(input_ids)
+        target = self.target_token(target_idx)
         layer = self.check_layer(layer_idx)
         pos = resolve_pos(pos, tokens.shape[1])
         model_logits, resid = self._resid_posts(tokens, pos)
@@ -103,8 +103,8 @@ class LogitLens(BaseInterpretabilityTool):
         """The target's logit-lens ``logit``, ``prob`` and ``rank`` after each layer (index ``layer``),
         and ``logit_delta``: the change in lens logit made by that layer (for layer 0, relative to the
         lens of the embeddings, ``blocks.0.hook_resid_pre``). The last row equals the model's output."""
-        tokens = single_sequence(self, input_ids)
-        target = resolve_token(self, target_idx)
+        tokens = self.one_sequence(input_ids)
+        target = self.target_token(target_idx)
         pos = resolve_pos(pos, tokens.shape[1])
         _, cache = self.model.run_with_cache(
             tokens, names_filter=lambda n: n.endswith("hook_resid_post") or n == "blocks.0.hook_resid_pre",
@@ -124,7 +124,7 @@ class LogitLens(BaseInterpretabilityTool):
     def logit_lens_table(self, input_ids: Any, top_k: int = 5) -> LensTable:
         """The ``top_k`` logit-lens predictions (tokens and probabilities) after every layer at every
         position: a layers × positions × top_k table (``LensTable``; ``.table()`` to display)."""
-        tokens = single_sequence(self, input_ids)
+        tokens = self.one_sequence(input_ids)
         d_vocab = self.model.cfg.d_vocab
         if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= d_vocab:
             raise ArrakisValueError(f"top_k must be an int in [1, {d_vocab}], got {top_k!r}")

@@ -217,9 +217,7 @@ class WriteReadAnalyzer(BaseInterpretabilityTool):
         cfg = self.model.cfg
         if isinstance(n_layers, bool) or not isinstance(n_layers, int) or not 1 <= n_layers <= cfg.n_layers:
             raise ArrakisIndexError(f"n_layers must be an int in 1..{cfg.n_layers}, got {n_layers!r}")
-        tokens = self.tokens(input_ids)
-        if tokens.shape[0] != 1:
-            raise ArrakisValueError(f"trace_information_flow takes one sequence, got a batch of {tokens.shape[0]}")
+        tokens = self.one_sequence(input_ids, "trace_information_flow")
         strs = self.str_tokens(tokens)
         src = self._position(src_token, strs, "src_token", last=False)
         dst = self._position(dst_token, strs, "dst_token", last=True)

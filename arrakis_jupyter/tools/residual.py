@@ -149,20 +149,6 @@ class ResidualTools(BaseInterpretabilityTool):
         return frame
 
     # ---- attribution --------------------------------------------------------------------------
-    def _target(self, target_ids) -> int:
-        t = target_ids
-        if isinstance(t, torch.Tensor):
-            if t.numel() != 1:
-                raise ArrakisValueError(f"target_ids must be one token, got a tensor of {t.numel()} ids")
-            t = int(t.reshape(-1)[0])
-        elif isinstance(t, (list, tuple)):
-            if len(t) != 1:
-                raise ArrakisValueError(f"target_ids must be one token, got {len(t)}: {list(t)!r}")
-            t = t[0]
-        if isinstance(t, bool) or not isinstance(t, (int, str)):
-            raise ArrakisValueError(f"target_ids must be one token (an id or a one-token string), got {target_ids!r}")
-        return self.token_id(t)
-
     def _baseline(self, baseline, embed: torch.Tensor) -> tuple[torch.Tensor, str]:
         """The baseline token embeddings [1, pos, d_model] and a description."""
         pad = getattr(self.model.tokenizer, "pad_token_id", None)
@@ -230,10 +216,8 @@ class ResidualTools(BaseInterpretabilityTool):
         for name, value in (("steps", steps), ("batch_size", batch_size)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ArrakisValueError(f"{name} must be a positive int, got {value!r}")
-        tokens = self.tokens(input_ids)
-        if tokens.shape[0] != 1:
-            raise ArrakisValueError(f"feature_attribution takes one sequence, got a batch of {tokens.shape[0]}")
-        target = self._target(target_ids)
+        tokens = self.one_sequence(input_ids, "feature_attribution")
+        target = self.target_token(target_ids, "target_ids")
         pos = check_index(position, tokens.shape[1], "position")
         fixed = sorted({check_index(p, tokens.shape[1], "fixed position") for p in fixed_positions})
         with torch.no_grad():
