@@ -24,12 +24,7 @@ auto-chunked run is at least ``--min-speedup`` (5) times faster than TL and with
 """
 from __future__ import annotations
 
-import os
-
-# Must be set before transformers / huggingface_hub are imported: nothing may touch the network.
-os.environ["HF_HUB_OFFLINE"] = "1"
-os.environ["TRANSFORMERS_OFFLINE"] = "1"
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+import offline  # noqa: F401  (first: hub access off, repo on sys.path)
 
 import argparse  # noqa: E402
 import contextlib  # noqa: E402
@@ -41,10 +36,6 @@ import sys  # noqa: E402
 import time  # noqa: E402
 import warnings  # noqa: E402
 from pathlib import Path  # noqa: E402
-
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 

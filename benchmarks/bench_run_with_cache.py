@@ -29,12 +29,8 @@ RSS high-water mark of one run in a fresh subprocess (reset after loading the mo
 """
 from __future__ import annotations
 
-import os
-
-# Must be set before transformers / huggingface_hub are imported: nothing may touch the network.
-os.environ["HF_HUB_OFFLINE"] = "1"
-os.environ["TRANSFORMERS_OFFLINE"] = "1"
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+import offline  # noqa: F401  (first: hub access off, repo on sys.path)
+import os  # noqa: E402
 
 import argparse  # noqa: E402
 import copy  # noqa: E402
@@ -48,10 +44,6 @@ import sys  # noqa: E402
 import time  # noqa: E402
 import warnings  # noqa: E402
 from pathlib import Path  # noqa: E402
-
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
