@@ -42,8 +42,8 @@ QUICKSTART = [
              "print('sum of parts', float(attrs.sum()), ' logit', float(logits[0, -1, paris]))\n"
              "pd.Series(attrs.numpy(), index=comp).sort_values(key=abs, ascending=False).head(8)"),
     ("md", "## An attention pattern"),
-    ("code", "from bokeh.plotting import figure, show, output_notebook\nfrom bokeh.models import LinearColorMapper\n"
-             "output_notebook(hide_banner=True)\nlayer, head = 10, 0\npattern = cache['pattern', layer][0, head]\n"
+    ("code", "from bokeh.plotting import figure, show, output_notebook\nfrom bokeh.models import LinearColorMapper\nfrom bokeh.resources import INLINE\n"
+             "output_notebook(INLINE, hide_banner=True)  # BokehJS inline: works offline\nlayer, head = 10, 0\npattern = cache['pattern', layer][0, head]\n"
              "toks = [f'{i}:{t}' for i, t in enumerate(model.to_str_tokens(prompt))]\n"
              "p = figure(title=f'L{layer}H{head}: query (rows) x key (columns)', x_range=toks, y_range=toks[::-1],\n"
              "           width=420, height=380, tools='hover', tooltips=[('value', '@image')])\n"
@@ -64,9 +64,9 @@ CIRCUITS = [
            "and by head, and causal tracing of a fact. Every number comes from a registered tool "
            "(`exp.tools[...]`), each tested against an independent computation."),
     ("code", "import torch\nfrom bokeh.plotting import figure, show, output_notebook\n"
-             "from bokeh.models import LinearColorMapper, ColorBar\nfrom arrakis_jupyter import load_model\n"
+             "from bokeh.models import LinearColorMapper, ColorBar\nfrom bokeh.resources import INLINE\nfrom arrakis_jupyter import load_model\n"
              "from arrakis_jupyter.bench import BaseInterpretabilityBench\n\n"
-             "torch.set_grad_enabled(False)\noutput_notebook(hide_banner=True)\n"
+             "torch.set_grad_enabled(False)\noutput_notebook(INLINE, hide_banner=True)  # BokehJS inline: works offline\n"
              "model = load_model()\nexp = BaseInterpretabilityBench(model)"),
     ("code", "def heatmap(result, title, palette='RdBu11', symmetric=True):\n"
              "    \"\"\"A bokeh heatmap of a 2-D LabelledTensor (rows: its first dim).\"\"\"\n"
