@@ -23,7 +23,7 @@ def demo(prompt: str, top_k: int = 5, out=sys.stdout) -> None:
         for rank, (p, i) in enumerate(zip(top.values.tolist(), top.indices.tolist()), 1):
             print(f"  {rank}. {model.to_string(i)!r:<16} p={p:.4f}", file=out)
         resid = torch.stack([cache[f"blocks.{l}.hook_resid_post"][0, -1] for l in range(model.cfg.n_layers)])
-        lens = (model.normalize_final(resid) @ model.W_U + model.b_U).float().softmax(-1)
+        lens = model.lens_logits(resid).softmax(-1)
         final_top = top.indices[0]
         print(f"\nLogit lens at the last position (top-1 token after each layer; p of {model.to_string(final_top)!r}):",
               file=out)

@@ -13,7 +13,7 @@ from .adapters import adapter_for
 from .adapters.base import linear_params
 from .cache import ActivationCache, LazyActivation
 from .config import HookedAutoConfig, ModelConfig
-from .hooks import HookAttachment, HookFn, block_hook_names
+from .hooks import HookAttachment, HookFn, HookPoint, block_hook_names
 
 NamesFilter = str | Sequence[str] | Callable[[str], bool] | None
 
@@ -303,7 +303,7 @@ class HookedAutoModel(nn.Module):
         wanted = set(names)
         for n in self._hook_names:
             if n in lazy:
-                z, layer = store[lazy[n]], int(n.split(".")[1])
+                z, layer = store[lazy[n]], HookPoint(n).layer()
                 ordered[n] = LazyActivation(lambda z=z, layer=layer: self.head_results(layer, z))
             elif n in wanted and n in store:
                 ordered[n] = store[n]
@@ -311,8 +311,7 @@ class HookedAutoModel(nn.Module):
 
     def head_results(self, layer: int, z: torch.Tensor) -> torch.Tensor:
         """Per-head outputs in the residual basis, [..., head, d_model] = z [..., head, d_head] @ W_O[layer]."""
-        attn = self.adapter.attn(self.adapter.layers()[layer])
-        w = self.linear_params(self.adapter.o_proj(attn))[0].unflatten(0, (self.cfg.n_heads, self.cfg.d_head))
+        w = self._w_o(self.adapter.layers()[layer])
         return torch.einsum("...hd,hdm->...hm", z, w.to(z.device, z.dtype))
 
     @torch.no_grad()
@@ -399,9 +398,12 @@ class HookedAutoModel(nn.Module):
     @property
     def W_O(self) -> torch.Tensor:
         """[layer, head, d_head, d_model]: attn_out = sum_h z_h @ W_O[h] + b_O."""
-        cfg = self.cfg
-        return self._per_layer(lambda b: self.linear_params(self.adapter.o_proj(self.adapter.attn(b)))[0]
-                               .unflatten(0, (cfg.n_heads, cfg.d_head)))
+        return self._per_layer(self._w_o)
+
+    def _w_o(self, block: nn.Module) -> torch.Tensor:
+        """One block's W_O: [head, d_head, d_model]."""
+        w = self.linear_params(self.adapter.o_proj(self.adapter.attn(block)))[0]
+        return w.unflatten(0, (self.cfg.n_heads, self.cfg.d_head))
 
     @property
     def b_O(self) -> torch.Tensor:
@@ -486,6 +488,12 @@ class HookedAutoModel(nn.Module):
         out = self.apply_norm_linear(norm, resid, scale)
         b = self.norm_bias(norm)
         return out + b.to(out.dtype) if b is not None else out
+
+    def lens_logits(self, resid: torch.Tensor) -> torch.Tensor:
+        """Logit lens: the final norm applied to ``resid`` [..., d_model] with its own statistics, then
+        ``W_U`` and ``b_U``; float32 [..., d_vocab]."""
+        x = self.normalize_final(resid.float())
+        return x @ self.W_U.to(x.device).float() + self.b_U.to(x.device).float()
 
     def tokens_to_residual_directions(self, tokens) -> torch.Tensor:
         """Unembedding directions: a token (int or one-token string) -> [d_model]; ids [batch(, pos)] -> [..., d_model]."""

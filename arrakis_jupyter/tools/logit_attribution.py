@@ -39,13 +39,6 @@ def token_str(tool: BaseInterpretabilityTool, token_id: int) -> str:
     return str(tool.model.to_string(token_id)) if tool.model.tokenizer is not None else str(token_id)
 
 
-def lens_logits(model, resid: torch.Tensor) -> torch.Tensor:
-    """Logit lens: the final norm applied to ``resid`` [..., d_model] with its own statistics, then
-    ``W_U`` and ``b_U``; float32 [..., d_vocab]."""
-    x = model.normalize_final(resid.float())
-    return x @ model.W_U.to(x.device).float() + model.b_U.to(x.device).float()
-
-
 def rank_of(logits: torch.Tensor, token: int) -> torch.Tensor:
     """1-based rank of ``token`` in ``logits`` [..., d_vocab] (1 = the top token; ties favour it)."""
     return (logits > logits[..., token:token + 1]).sum(-1) + 1
@@ -161,7 +154,7 @@ class LogitAttributor(BaseInterpretabilityTool):
         may be shorter). One row per window (index ``window`` = ``"a-b"``, first and last layer), columns:
 
         - ``first_layer``, ``last_layer``
-        - ``lens_logit_in`` / ``lens_logit_out``: the target's logit-lens logit (``lens_logits``: final
+        - ``lens_logit_in`` / ``lens_logit_out``: the target's logit-lens logit (``model.lens_logits``: final
           norm with the residual's own statistics, ``W_U``, ``b_U``) on the residual entering the window
           (``blocks.a.hook_resid_pre``) and leaving it (``blocks.b.hook_resid_post``);
         - ``lens_delta``: ``lens_logit_out - lens_logit_in``;
@@ -183,7 +176,7 @@ class LogitAttributor(BaseInterpretabilityTool):
         rows, index = [], []
         for a in range(0, n, n_layers):
             b = min(a + n_layers, n) - 1
-            lens = lens_logits(self.model, torch.stack([cache[f"blocks.{a}.hook_resid_pre"][0, 0],
+            lens = self.model.lens_logits(torch.stack([cache[f"blocks.{a}.hook_resid_pre"][0, 0],
                                                         cache[f"blocks.{b}.hook_resid_post"][0, 0]]))
             direct = sum(float(v) for v, l in zip(attrs, layer_of) if a <= l <= b)
             rows.append({"first_layer": a, "last_layer": b, "lens_logit_in": float(lens[0, target]),

@@ -16,7 +16,7 @@ import torch
 
 from ..errors import ArrakisValueError
 from .base import BaseInterpretabilityTool, LabelledTensor
-from .logit_attribution import Token, lens_logits, rank_of, resolve_pos, token_str
+from .logit_attribution import Token, rank_of, resolve_pos, token_str
 from .registry import register_tool
 
 
@@ -92,7 +92,7 @@ class LogitLens(BaseInterpretabilityTool):
         layer = self.check_layer(layer_idx)
         pos = resolve_pos(pos, tokens.shape[1])
         model_logits, resid = self._resid_posts(tokens, pos)
-        lens = lens_logits(self.model, resid[layer, 0])
+        lens = self.model.lens_logits(resid[layer, 0])
         final = model_logits[0]
         return LensReading(layer, pos, target, token_str(self, target), float(lens[target]),
                            float(lens.softmax(-1)[target]), int(rank_of(lens, target)), float(final[target]),
@@ -112,7 +112,7 @@ class LogitLens(BaseInterpretabilityTool):
         n = self.model.cfg.n_layers
         resid = torch.stack([cache["blocks.0.hook_resid_pre"][0, 0]]
                             + [cache[f"blocks.{l}.hook_resid_post"][0, 0] for l in range(n)])
-        lens = lens_logits(self.model, resid)  # [1 + layer, d_vocab]
+        lens = self.model.lens_logits(resid)  # [1 + layer, d_vocab]
         logit = lens[:, target]
         return pd.DataFrame({"logit": logit[1:].cpu().numpy(),
                              "prob": lens[1:].softmax(-1)[:, target].cpu().numpy(),
@@ -131,7 +131,7 @@ class LogitLens(BaseInterpretabilityTool):
         _, resid = self._resid_posts(tokens, None)
         ids, probs = [], []
         for layer_resid in resid:  # one layer at a time: [pos, d_vocab] in memory, not [layer, pos, d_vocab]
-            top = lens_logits(self.model, layer_resid).softmax(-1).topk(top_k, dim=-1)
+            top = self.model.lens_logits(layer_resid).softmax(-1).topk(top_k, dim=-1)
             ids.append(top.indices.cpu()); probs.append(top.values.cpu())
         ids_t, probs_t = torch.stack(ids), torch.stack(probs)
         coords = {"layer": list(range(self.model.cfg.n_layers)), "pos": self.str_tokens(tokens),
