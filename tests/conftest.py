@@ -4,6 +4,10 @@ from __future__ import annotations
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Experiment stores written by tests (magics, benches, notebooks) never land in the working tree.
+import tempfile
+
+os.environ["ARRAKIS_HOME"] = tempfile.mkdtemp(prefix="arrakis-test-store-")
 
 import socket
 

@@ -1,6 +1,7 @@
 """HookedAutoModel: a Hugging Face causal LM with TransformerLens-style hook points."""
 from __future__ import annotations
 
+import weakref
 from contextlib import contextmanager
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
@@ -55,6 +56,20 @@ class HookedAutoModel(nn.Module):
         self._hook_names = names
         self.hook_name_set = frozenset(names)
         self._module_names = {m: n for n, m in hf_model.named_modules()}
+        HookedAutoModel._last_created = weakref.ref(self)
+
+    _last_created: "weakref.ref[HookedAutoModel] | None" = None
+
+    @classmethod
+    def last_created(cls) -> "HookedAutoModel | None":
+        """The most recently created model that is still alive (the magics' default model)."""
+        return cls._last_created() if cls._last_created is not None else None
+
+    def fingerprint(self) -> dict[str, Any]:
+        """Architecture, config hash and weight hash (computed once; again only after in-place edits)."""
+        from .fingerprint import model_fingerprint
+
+        return model_fingerprint(self)
 
     @classmethod
     def from_pretrained(cls, name_or_path_or_model: Any, tokenizer: Any = None, **hf_kwargs: Any) -> "HookedAutoModel":

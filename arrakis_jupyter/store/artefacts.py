@@ -1,0 +1,321 @@
+"""Results in the store: JSON where a value is JSON, content-addressed files for the rest.
+
+``encode`` turns a Python value into a JSON tree. JSON values stay as they are; everything else
+becomes a marked node ``{"__arrakis__": {"type": ...}}``: tensors and arrays are saved as
+safetensors files, DataFrames as pandas' table JSON, bokeh figures as standalone HTML,
+matplotlib figures and other objects with a PNG repr as PNG. A value that none of these fit is
+stored as a placeholder naming its type (with its repr), never silently as ``str()``.
+``decode`` turns the tree back into Python values.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import enum
+import importlib
+import io
+import math
+import os
+import pathlib
+import re
+import tempfile
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .hashing import content_hash
+
+MARK = "__arrakis__"
+MAX_DEPTH = 64
+REPR_LIMIT = 500
+EXTENSIONS = {"tensor": ".safetensors", "ndarray": ".safetensors", "dataframe": ".json", "series": ".json",
+              "html": ".html", "png": ".png"}
+_HASH = re.compile(r"^[0-9a-f]{64}$")
+
+
+@dataclass
+class Unserialisable:
+    """Placeholder for a value the store could not serialise: its type and repr are kept."""
+
+    python_type: str
+    repr: str
+    reason: str = "no serialiser for this type"
+
+    def __repr__(self) -> str:
+        return f"<unserialisable {self.python_type}: {self.repr}>"
+
+
+@dataclass
+class StoredFigure:
+    """A figure saved with a run (PNG or standalone HTML), displayable in a notebook."""
+
+    kind: str
+    path: pathlib.Path
+
+    def _repr_png_(self) -> bytes | None:
+        return self.path.read_bytes() if self.kind == "png" else None
+
+    def _repr_html_(self) -> str | None:
+        if self.kind != "html":
+            return None
+        import html
+
+        return (f'<iframe srcdoc="{html.escape(self.path.read_text())}" style="width:100%;height:480px;'
+                f'border:0"></iframe>')
+
+
+@dataclass
+class ArtefactFiles:
+    """The content-addressed files of one store: ``root/<2 hex>/<sha256><ext>``, written atomically."""
+
+    root: pathlib.Path
+
+    def put(self, data: bytes, kind: str) -> tuple[str, str, int]:
+        """Write ``data`` (if not already there); returns (hash, file relative to root, size)."""
+        digest = content_hash(data)
+        rel = f"{digest[:2]}/{digest}{EXTENSIONS[kind]}"
+        path = self.root / rel
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    f.write(data)
+                os.replace(tmp, path)
+            except BaseException:
+                pathlib.Path(tmp).unlink(missing_ok=True)
+                raise
+        return digest, rel, len(data)
+
+    def path(self, digest: str, kind: str) -> pathlib.Path:
+        if not _HASH.match(digest) or kind not in EXTENSIONS:
+            raise ValueError(f"not an artefact reference: {digest!r} ({kind!r})")
+        return self.root / digest[:2] / f"{digest}{EXTENSIONS[kind]}"
+
+
+def type_name(value: Any) -> str:
+    cls = type(value)
+    return cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _node(kind: str, **fields: Any) -> dict:
+    return {MARK: {"type": kind, **fields}}
+
+
+class Encoder:
+    """Encodes values, writing artefacts through ``files``; ``placeholders`` lists what was not serialisable."""
+
+    def __init__(self, files: ArtefactFiles) -> None:
+        self.files = files
+        self.placeholders: list[str] = []
+        self.artefacts: dict[str, tuple[str, str, int]] = {}  # hash -> (kind, file, size)
+
+    def put(self, data: bytes, kind: str) -> str:
+        digest, rel, size = self.files.put(data, kind)
+        self.artefacts[digest] = (kind, rel, size)
+        return digest
+
+    def __call__(self, value: Any) -> Any:
+        return self.encode(value, 0)
+
+    def encode(self, value: Any, depth: int) -> Any:
+        if depth > MAX_DEPTH:
+            return self.placeholder(value, f"nested deeper than {MAX_DEPTH} levels")
+        if value is None or isinstance(value, (bool, str)):
+            return value
+        if isinstance(value, int) and not isinstance(value, enum.Enum):
+            return int(value)
+        if isinstance(value, float):
+            return float(value) if math.isfinite(value) else _node("float", value=repr(float(value)))
+        if isinstance(value, np.generic) and not isinstance(value, np.void):
+            return self.encode(value.item(), depth)
+        if isinstance(value, torch.Tensor):
+            return self.tensor(value)
+        if isinstance(value, np.ndarray):
+            return self.ndarray(value, depth)
+        if isinstance(value, (pd.DataFrame, pd.Series)):
+            return self.frame(value)
+        if isinstance(value, dict):
+            return self.mapping(value, depth)
+        if isinstance(value, list):
+            return [self.encode(v, depth + 1) for v in value]
+        if isinstance(value, tuple) and not hasattr(value, "_fields"):
+            return _node("tuple", items=[self.encode(v, depth + 1) for v in value])
+        if isinstance(value, (set, frozenset)):
+            return _node("set", items=[self.encode(v, depth + 1) for v in sorted(value, key=repr)])
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            fields = {f.name: self.encode(getattr(value, f.name), depth + 1) for f in dataclasses.fields(value)}
+            return _node("dataclass", cls=type_name(value), fields=fields)
+        if hasattr(value, "_fields") and isinstance(value, tuple):  # namedtuple
+            return _node("namedtuple", cls=type_name(value),
+                         fields={k: self.encode(v, depth + 1) for k, v in value._asdict().items()})
+        if isinstance(value, enum.Enum):
+            return _node("enum", cls=type_name(value), name=value.name)
+        if isinstance(value, pathlib.PurePath):
+            return _node("path", value=str(value))
+        if isinstance(value, (dt.datetime, dt.date)):
+            return _node(type(value).__name__, value=value.isoformat())
+        if isinstance(value, bytes):
+            return self.placeholder(value, "raw bytes are not stored")
+        return self.figure(value)
+
+    def mapping(self, value: dict, depth: int) -> Any:
+        if all(isinstance(k, str) for k in value) and MARK not in value:
+            return {k: self.encode(v, depth + 1) for k, v in value.items()}
+        return _node("dict", items=[[self.encode(k, depth + 1), self.encode(v, depth + 1)] for k, v in value.items()])
+
+    def tensor(self, value: torch.Tensor) -> Any:
+        if value.is_sparse or value.device.type == "meta" or value.is_quantized:
+            return self.placeholder(value, f"{value.layout} / {value.device.type} tensors are not stored")
+        from safetensors.torch import save
+
+        t = value.detach().cpu().contiguous()
+        digest = self.put(save({"value": t}), "tensor")
+        node: dict[str, Any] = {"artefact": digest, "shape": list(t.shape), "dtype": str(t.dtype).replace("torch.", "")}
+        if t.is_floating_point() and t.numel():
+            f = t.float()
+            node["summary"] = {"min": float(f.min()), "max": float(f.max()), "mean": float(f.mean())}
+        return _node("tensor", **node)
+
+    def ndarray(self, value: np.ndarray, depth: int) -> Any:
+        if value.dtype.kind not in "biufc":
+            return _node("ndarray_list", dtype=str(value.dtype), items=self.encode(value.tolist(), depth + 1))
+        from safetensors.numpy import save
+
+        digest = self.put(save({"value": np.ascontiguousarray(value)}), "ndarray")
+        return _node("ndarray", artefact=digest, shape=list(value.shape), dtype=str(value.dtype))
+
+    def frame(self, value: pd.DataFrame | pd.Series) -> Any:
+        """DataFrames (and Series, as one-column frames) in pandas' table JSON, which keeps dtypes and index."""
+        kind, extra = "dataframe", {}
+        if isinstance(value, pd.Series):
+            name = value.name if isinstance(value.name, (str, int, type(None))) else repr(value.name)
+            kind, extra, value = "series", {"name": name}, value.to_frame(name="value")
+        try:
+            data, orient = value.to_json(orient="table", default_handler=repr), "table"
+        except (ValueError, TypeError, NotImplementedError):
+            data, orient = value.to_json(orient="split", default_handler=repr), "split"
+        digest = self.put(data.encode(), kind)
+        return _node(kind, artefact=digest, orient=orient, shape=list(value.shape), **extra)
+
+    def figure(self, value: Any) -> Any:
+        module = type(value).__module__ or ""
+        if module.startswith("bokeh."):
+            from bokeh.embed import file_html
+            from bokeh.resources import INLINE
+
+            html = file_html(value, resources=INLINE, title=getattr(value, "name", None) or "figure")
+            return _node("figure", artefact=self.put(html.encode(), "html"), format="html",
+                         cls=type_name(value))
+        if module.startswith("matplotlib.") and hasattr(value, "savefig"):
+            buf = io.BytesIO()
+            value.savefig(buf, format="png", bbox_inches="tight")
+            return _node("figure", artefact=self.put(buf.getvalue(), "png"), format="png", cls=type_name(value))
+        png = getattr(value, "_repr_png_", None)
+        if callable(png):
+            data = png()
+            if isinstance(data, bytes):
+                return _node("figure", artefact=self.put(data, "png"), format="png", cls=type_name(value))
+        return self.placeholder(value, "no serialiser for this type")
+
+    def placeholder(self, value: Any, reason: str) -> dict:
+        name = type_name(value)
+        self.placeholders.append(name)
+        try:
+            text = repr(value)
+        except Exception as e:  # a broken __repr__ must not lose the run
+            text = f"<repr failed: {type(e).__name__}>"
+        if len(text) > REPR_LIMIT:
+            text = text[:REPR_LIMIT] + f"... ({len(text) - REPR_LIMIT} more characters)"
+        return _node("unserialisable", python_type=name, repr=text, reason=reason)
+
+
+def decode(tree: Any, files: ArtefactFiles) -> Any:
+    """The Python value an encoded tree stands for (tensors, arrays and frames are read from their files)."""
+    if isinstance(tree, list):
+        return [decode(v, files) for v in tree]
+    if not isinstance(tree, dict):
+        return tree
+    if MARK not in tree:
+        return {k: decode(v, files) for k, v in tree.items()}
+    node = tree[MARK]
+    kind = node["type"]
+    if kind == "float":
+        return float(node["value"])
+    if kind == "tensor":
+        from safetensors.torch import load_file
+
+        return load_file(files.path(node["artefact"], "tensor"))["value"]
+    if kind == "ndarray":
+        from safetensors.numpy import load_file
+
+        return load_file(files.path(node["artefact"], "ndarray"))["value"]
+    if kind == "ndarray_list":
+        return np.array(decode(node["items"], files), dtype=object)
+    if kind in ("dataframe", "series"):
+        frame = pd.read_json(io.StringIO(files.path(node["artefact"], kind).read_text()), orient=node["orient"])
+        if kind == "dataframe":
+            return frame
+        return frame.iloc[:, 0].rename(node.get("name"))
+    if kind == "figure":
+        fmt = node["format"]
+        return StoredFigure(fmt, files.path(node["artefact"], fmt))
+    if kind == "tuple":
+        return tuple(decode(node["items"], files))
+    if kind == "set":
+        return set(_hashable(v) for v in decode(node["items"], files))
+    if kind == "dict":
+        return {_hashable(decode(k, files)): decode(v, files) for k, v in node["items"]}
+    if kind in ("dataclass", "namedtuple"):
+        fields = {k: decode(v, files) for k, v in node["fields"].items()}
+        cls = _trusted_class(node["cls"])
+        try:
+            return cls(**fields) if cls is not None else {"__class__": node["cls"], **fields}
+        except (TypeError, ValueError):
+            return {"__class__": node["cls"], **fields}
+    if kind == "enum":
+        cls = _trusted_class(node["cls"])
+        return cls[node["name"]] if cls is not None else f"{node['cls']}.{node['name']}"
+    if kind == "path":
+        return pathlib.Path(node["value"])
+    if kind in ("datetime", "date"):
+        return getattr(dt, kind).fromisoformat(node["value"])
+    if kind == "unserialisable":
+        return Unserialisable(node["python_type"], node["repr"], node.get("reason", ""))
+    raise ValueError(f"unknown stored value type {kind!r}")
+
+
+def _hashable(value: Any) -> Any:
+    return tuple(_hashable(v) for v in value) if isinstance(value, list) else value
+
+
+def _trusted_class(qualified: str) -> type | None:
+    """Classes of arrakis_jupyter itself are rebuilt on decode; others come back as dicts."""
+    module, _, name = qualified.rpartition(".")
+    if not module.startswith("arrakis_jupyter"):
+        return None
+    try:
+        obj: Any = importlib.import_module(module)
+        for part in name.split("."):
+            obj = getattr(obj, part)
+        return obj if isinstance(obj, type) else None
+    except (ImportError, AttributeError):
+        return None
+
+
+def describe(value: Any) -> str:
+    """A short label of a result's type for tables: ``float``, ``Tensor[2, 3] float32``, ``DataFrame 10×3``."""
+    if isinstance(value, torch.Tensor):
+        return f"Tensor{list(value.shape)} {str(value.dtype).replace('torch.', '')}"
+    if isinstance(value, np.ndarray):
+        return f"ndarray{list(value.shape)} {value.dtype}"
+    if isinstance(value, pd.DataFrame):
+        return f"DataFrame {value.shape[0]}×{value.shape[1]}"
+    if isinstance(value, pd.Series):
+        return f"Series {len(value)}"
+    if isinstance(value, (list, tuple, dict, set)):
+        return f"{type(value).__name__}[{len(value)}]"
+    return type(value).__name__

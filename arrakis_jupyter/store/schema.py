@@ -1,0 +1,124 @@
+"""The store's tables, and the migrations that bring an older store up to SCHEMA_VERSION.
+
+The schema version lives in SQLite's ``PRAGMA user_version``. A store written by a newer
+arrakis_jupyter (a higher version) is refused before anything is written to it.
+"""
+from __future__ import annotations
+
+import sqlite3
+from typing import Callable
+
+from ..errors import ArrakisError
+
+SCHEMA_V1 = """
+CREATE TABLE experiments (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    created REAL NOT NULL
+);
+CREATE TABLE versions (
+    id INTEGER PRIMARY KEY,
+    experiment_id INTEGER NOT NULL REFERENCES experiments(id) ON DELETE CASCADE,
+    hash TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    source TEXT NOT NULL,
+    first_seen REAL NOT NULL,
+    last_seen REAL NOT NULL,
+    UNIQUE (experiment_id, hash)
+);
+CREATE TABLE runs (
+    id INTEGER PRIMARY KEY,
+    uid TEXT NOT NULL UNIQUE,
+    version_id INTEGER NOT NULL REFERENCES versions(id) ON DELETE CASCADE,
+    started REAL NOT NULL,
+    duration REAL,
+    status TEXT NOT NULL CHECK (status IN ('ok', 'error', 'interrupted')),
+    error TEXT,
+    arguments TEXT,
+    result TEXT,
+    result_type TEXT,
+    stdout TEXT,
+    stderr TEXT,
+    model TEXT,
+    environment TEXT,
+    notebook TEXT,
+    cell_id TEXT,
+    note TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX runs_by_version ON runs (version_id, started);
+CREATE INDEX runs_by_started ON runs (started);
+CREATE TABLE tags (
+    run_id INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+    tag TEXT NOT NULL,
+    PRIMARY KEY (run_id, tag)
+) WITHOUT ROWID;
+CREATE INDEX tags_by_tag ON tags (tag);
+CREATE TABLE metrics (
+    run_id INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+    name TEXT NOT NULL,
+    step INTEGER,
+    value REAL,
+    logged REAL NOT NULL
+);
+CREATE INDEX metrics_by_run ON metrics (run_id, name);
+CREATE TABLE artefacts (
+    hash TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    file TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    created REAL NOT NULL
+);
+CREATE TABLE run_artefacts (
+    run_id INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+    hash TEXT NOT NULL REFERENCES artefacts(hash),
+    PRIMARY KEY (run_id, hash)
+) WITHOUT ROWID;
+"""
+
+
+def _script(sql: str) -> Callable[[sqlite3.Connection], None]:
+    def apply(conn: sqlite3.Connection) -> None:
+        for statement in sql.split(";"):
+            if statement.strip():
+                conn.execute(statement)
+
+    return apply
+
+
+# MIGRATIONS[v] turns a version v-1 store into a version v store (inside one transaction).
+MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _script(SCHEMA_V1)}
+SCHEMA_VERSION = max(MIGRATIONS)
+
+
+class StoreVersionError(ArrakisError):
+    """The store was written by a newer arrakis_jupyter than this one."""
+
+
+def schema_version(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("PRAGMA user_version").fetchone()[0])
+
+
+def check_not_newer(conn: sqlite3.Connection, where: str) -> int:
+    version = schema_version(conn)
+    latest = max(MIGRATIONS)
+    if version > latest:
+        raise StoreVersionError(
+            f"the experiment store {where} has schema version {version}, but this arrakis_jupyter understands "
+            f"versions up to {latest}; upgrade arrakis_jupyter to open it (the store was not modified)")
+    return version
+
+
+def migrate(conn: sqlite3.Connection, where: str) -> None:
+    """Bring the store up to the latest schema, in one IMMEDIATE transaction (safe against concurrent openers)."""
+    if check_not_newer(conn, where) == max(MIGRATIONS):
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        version = check_not_newer(conn, where)  # another process may have migrated meanwhile
+        for target in range(version + 1, max(MIGRATIONS) + 1):
+            MIGRATIONS[target](conn)
+            conn.execute(f"PRAGMA user_version = {int(target)}")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise

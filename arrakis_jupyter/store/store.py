@@ -1,0 +1,640 @@
+"""The experiment store: one SQLite database (WAL) plus content-addressed artefact files per directory.
+
+Layout of a store directory::
+
+    arrakis.db            experiments, versions, runs, tags, metrics, artefact index
+    artefacts/ab/ab...    tensors (safetensors), DataFrames (JSON), figures (PNG / HTML)
+
+Every write is one IMMEDIATE transaction, so several kernels (and the Jupyter server) can share
+a store: readers never block writers, a killed writer leaves every committed run intact.
+"""
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import pathlib
+import sqlite3
+import tempfile
+import threading
+import time
+import unicodedata
+import uuid
+import zipfile
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Iterator, Sequence
+
+import pandas as pd
+
+from ..errors import ArrakisError, ArrakisKeyError, ArrakisValueError, close_matches
+from .artefacts import ArtefactFiles, Encoder, decode, describe
+from .compare import compare_values
+from .hashing import source_hash
+from .schema import check_not_newer, migrate
+
+DB_NAME = "arrakis.db"
+NAME_LIMIT = 200
+STATUSES = ("ok", "error", "interrupted")
+KINDS = ("cell", "function")
+EXPORT_FORMAT = "arrakis-export/1"
+
+
+class StoreError(ArrakisError):
+    """The store cannot be opened or used (not a store, unreadable...)."""
+
+
+def default_store_dir() -> pathlib.Path:
+    """``$ARRAKIS_HOME`` if set, else ``experiments/`` in the working directory (beside the notebook)."""
+    home = os.environ.get("ARRAKIS_HOME")
+    return pathlib.Path(home) if home else pathlib.Path.cwd() / "experiments"
+
+
+def check_name(name: Any, what: str = "experiment name") -> str:
+    """Return ``name`` if it is a valid experiment name (or tag), else raise a clear error."""
+    accepted = (f"{what}s are non-empty text up to {NAME_LIMIT} characters without path separators (/ \\), "
+                "control characters or leading/trailing spaces")
+    if not isinstance(name, str):
+        raise ArrakisValueError(f"{what} must be a string, got {type(name).__name__}: {name!r}. {accepted}.")
+    problem = None
+    if not name.strip():
+        problem = "is empty"
+    elif len(name) > NAME_LIMIT:
+        problem = f"is {len(name)} characters long"
+    elif "/" in name or "\\" in name:
+        problem = "contains a path separator"
+    elif any(unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp") for ch in name):
+        problem = "contains a control character"
+    elif name != name.strip():
+        problem = "has leading or trailing whitespace"
+    elif name in (".", ".."):
+        problem = "is a relative path"
+    if problem:
+        raise ArrakisValueError(f"{what} {name!r} {problem}: {accepted}.")
+    return name
+
+
+@dataclass
+class RunRecord:
+    """Everything recorded about one run; ``Store.record`` writes it in one transaction.
+
+    ``stdout``/``stderr`` are stored as given (the recorder caps them, see ``recording.OUTPUT_CAP``)."""
+
+    name: str
+    source: str
+    kind: str = "cell"
+    started: float = field(default_factory=time.time)
+    duration: float | None = None
+    status: str = "ok"
+    error: str | None = None
+    arguments: Any = None
+    result: Any = None
+    stdout: str = ""
+    stderr: str = ""
+    model: dict | None = None
+    environment: dict | None = None
+    notebook: str | None = None
+    cell_id: str | None = None
+    tags: Sequence[str] = ()
+    note: str = ""
+    metrics: list[tuple[str, int | None, float, float]] = field(default_factory=list)  # name, step, value, time
+    uid: str = field(default_factory=lambda: uuid.uuid4().hex)
+    placeholders: list[str] = field(default_factory=list)  # filled by Store.record: result types not serialised
+
+
+@dataclass(repr=False)
+class Version:
+    """One version of an experiment: its source and the runs made with it."""
+
+    name: str
+    hash: str
+    index: int
+    kind: str
+    source: str
+    first_seen: pd.Timestamp
+    last_seen: pd.Timestamp
+    runs: pd.DataFrame
+
+    def _repr_html_(self) -> str:
+        from .render import version_html
+
+        return version_html(self)
+
+    def __repr__(self) -> str:
+        return (f"{self.name} v{self.index} {self.hash} ({self.kind}, first seen {self.first_seen:%Y-%m-%d %H:%M:%S}, "
+                f"{len(self.runs)} runs)\n\n{self.source}\n\n{self.runs.to_string() if len(self.runs) else ''}")
+
+
+@dataclass
+class Run:
+    """One run of a version, with its decoded result, outputs, model, environment and metrics."""
+
+    id: int
+    uid: str
+    name: str
+    hash: str
+    started: pd.Timestamp
+    duration: float | None
+    status: str
+    error: str | None
+    arguments: Any
+    result: Any
+    result_type: str | None
+    stdout: str
+    stderr: str
+    model: dict | None
+    environment: dict | None
+    notebook: str | None
+    cell_id: str | None
+    tags: list[str]
+    note: str
+    metrics: pd.DataFrame
+
+
+@dataclass(repr=False)
+class VersionDiff:
+    """Two versions of an experiment compared: unified source diff, results and metrics side by side."""
+
+    name: str
+    a: str
+    b: str
+    source_diff: str
+    results: pd.DataFrame
+    metrics: pd.DataFrame
+
+    def _repr_html_(self) -> str:
+        from .render import diff_html
+
+        return diff_html(self)
+
+    def __repr__(self) -> str:
+        parts = [self.source_diff or f"(sources of {self.a} and {self.b} are identical up to whitespace)"]
+        if len(self.results):
+            parts.append("results:\n" + self.results.to_string(index=False))
+        if len(self.metrics):
+            parts.append("metrics:\n" + self.metrics.to_string())
+        return "\n\n".join(parts)
+
+
+def _times(series: pd.Series) -> pd.Series:
+    return pd.to_datetime(series, unit="s", utc=True).dt.round("us")
+
+
+class Store:
+    """The experiment store of one directory (created if needed). Safe to share between processes."""
+
+    def __init__(self, path: str | os.PathLike | None = None) -> None:
+        root = pathlib.Path(path) if path is not None else default_store_dir()
+        if root.name == DB_NAME and root.is_file():
+            root = root.parent
+        if root.exists() and not root.is_dir():
+            raise StoreError(f"cannot open an experiment store at {root}: it is a file, not a directory")
+        self.root = root.resolve()
+        self.db_path = self.root / DB_NAME
+        self.files = ArtefactFiles(self.root / "artefacts")
+        self._local = threading.local()
+        self._check_file()
+        self.root.mkdir(parents=True, exist_ok=True)
+        conn = self._conn()
+        check_not_newer(conn, f"at {self.db_path}")
+        if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+            conn.execute("PRAGMA journal_mode = WAL")
+        migrate(conn, f"at {self.db_path}")
+
+    def __repr__(self) -> str:
+        return f"Store({str(self.root)!r})"
+
+    # ---- connections and transactions ---------------------------------------------------
+    def _check_file(self) -> None:
+        if self.db_path.exists() and self.db_path.stat().st_size:
+            with open(self.db_path, "rb") as f:
+                if f.read(16) != b"SQLite format 3\x00":
+                    raise StoreError(f"{self.db_path} is not an arrakis experiment store (not an SQLite "
+                                     "database); it was left untouched")
+
+    def _conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None or self._local.pid != os.getpid():
+            try:
+                conn = sqlite3.connect(self.db_path, timeout=60, isolation_level=None)
+                conn.execute("PRAGMA busy_timeout = 60000")
+                conn.execute("PRAGMA foreign_keys = ON")
+                conn.execute("PRAGMA synchronous = NORMAL")
+                conn.row_factory = sqlite3.Row
+            except sqlite3.DatabaseError as e:
+                raise StoreError(f"cannot open the experiment store {self.db_path}: {e}") from e
+            self._local.conn, self._local.pid = conn, os.getpid()
+        return conn
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def _query(self, sql: str, params: Sequence = ()) -> list[sqlite3.Row]:
+        return self._conn().execute(sql, params).fetchall()
+
+    def close(self) -> None:
+        """Close this thread's connection (others close when their thread ends)."""
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+    def integrity_check(self) -> str:
+        """SQLite's ``PRAGMA integrity_check``: ``"ok"`` for a healthy store."""
+        return "; ".join(r[0] for r in self._conn().execute("PRAGMA integrity_check").fetchall())
+
+    # ---- writing ----------------------------------------------------------------------------
+    def record(self, rec: RunRecord) -> int:
+        """Write one run (creating its experiment and version as needed); returns the run id.
+
+        Parts of the result that cannot be serialised are stored as placeholders naming their type;
+        ``rec.placeholders`` lists those types afterwards."""
+        check_name(rec.name)
+        if rec.status not in STATUSES:
+            raise ArrakisValueError(f"run status {rec.status!r} is not one of {', '.join(STATUSES)}")
+        if rec.kind not in KINDS:
+            raise ArrakisValueError(f"version kind {rec.kind!r} is not one of {', '.join(KINDS)}")
+        tags = [check_name(t, "tag") for t in rec.tags]
+        encoder = Encoder(self.files)
+        result = json.dumps(encoder(rec.result), allow_nan=False)
+        rec.placeholders = list(encoder.placeholders)
+        arguments = json.dumps(encoder(rec.arguments), allow_nan=False) if rec.arguments is not None else None
+        digest = source_hash(rec.source)
+        with self._write() as c:
+            c.execute("INSERT INTO experiments (name, created) VALUES (?, ?) ON CONFLICT (name) DO NOTHING",
+                      (rec.name, rec.started))
+            (exp_id,) = c.execute("SELECT id FROM experiments WHERE name = ?", (rec.name,)).fetchone()
+            c.execute("INSERT INTO versions (experiment_id, hash, kind, source, first_seen, last_seen) "
+                      "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (experiment_id, hash) DO UPDATE SET "
+                      "last_seen = max(last_seen, excluded.last_seen)",
+                      (exp_id, digest, rec.kind, rec.source, rec.started, rec.started))
+            (version_id,) = c.execute("SELECT id FROM versions WHERE experiment_id = ? AND hash = ?",
+                                      (exp_id, digest)).fetchone()
+            run_id = c.execute(
+                "INSERT INTO runs (uid, version_id, started, duration, status, error, arguments, result, result_type,"
+                " stdout, stderr, model, environment, notebook, cell_id, note) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (rec.uid, version_id, rec.started, rec.duration, rec.status, rec.error, arguments, result,
+                 describe(rec.result), rec.stdout, rec.stderr, _json(rec.model),
+                 _json(rec.environment), rec.notebook, rec.cell_id, rec.note or "")).lastrowid
+            self._link(c, run_id, tags, rec.metrics, encoder.artefacts)
+        return run_id
+
+    @staticmethod
+    def _link(c: sqlite3.Connection, run_id: int, tags: Iterable[str], metrics: Iterable[tuple],
+              artefacts: dict[str, tuple[str, str, int]]) -> None:
+        c.executemany("INSERT OR IGNORE INTO tags (run_id, tag) VALUES (?, ?)", [(run_id, t) for t in tags])
+        c.executemany("INSERT INTO metrics (run_id, name, step, value, logged) VALUES (?, ?, ?, ?, ?)",
+                      [(run_id, *m) for m in metrics])
+        now = time.time()
+        c.executemany("INSERT OR IGNORE INTO artefacts (hash, kind, file, size, created) VALUES (?, ?, ?, ?, ?)",
+                      [(h, kind, rel, size, now) for h, (kind, rel, size) in artefacts.items()])
+        c.executemany("INSERT OR IGNORE INTO run_artefacts (run_id, hash) VALUES (?, ?)",
+                      [(run_id, h) for h in artefacts])
+
+    def set_note(self, run_id: int, note: str) -> None:
+        """Replace a run's note."""
+        if not isinstance(note, str):
+            raise ArrakisValueError(f"a note must be a string, got {type(note).__name__}")
+        with self._write() as c:
+            if not c.execute("UPDATE runs SET note = ? WHERE id = ?", (note, self._run_id(run_id))).rowcount:
+                raise ArrakisKeyError(f"no run with id {run_id} in {self.root}")
+
+    def add_tags(self, run_id: int, *tags: str) -> None:
+        checked = [check_name(t, "tag") for t in tags]
+        with self._write() as c:
+            self._check_run(c, run_id)
+            c.executemany("INSERT OR IGNORE INTO tags (run_id, tag) VALUES (?, ?)", [(run_id, t) for t in checked])
+
+    def remove_tags(self, run_id: int, *tags: str) -> None:
+        with self._write() as c:
+            self._check_run(c, run_id)
+            c.executemany("DELETE FROM tags WHERE run_id = ? AND tag = ?", [(run_id, t) for t in tags])
+
+    def _run_id(self, run_id: Any) -> int:
+        if not isinstance(run_id, int) or isinstance(run_id, bool):
+            raise ArrakisValueError(f"a run id is an int (see Store.runs), got {run_id!r}")
+        return run_id
+
+    def _check_run(self, c: sqlite3.Connection, run_id: Any) -> None:
+        if c.execute("SELECT 1 FROM runs WHERE id = ?", (self._run_id(run_id),)).fetchone() is None:
+            raise ArrakisKeyError(f"no run with id {run_id} in {self.root}")
+
+    def delete_version(self, name: str, ref: str) -> int:
+        """Delete a version with its runs (and artefacts no other run uses); returns the runs deleted."""
+        digest = self.resolve(name, ref)
+        with self._write() as c:
+            (vid, exp_id) = c.execute("SELECT v.id, v.experiment_id FROM versions v JOIN experiments e ON "
+                                      "e.id = v.experiment_id WHERE e.name = ? AND v.hash = ?", (name, digest)).fetchone()
+            (n,) = c.execute("SELECT count(*) FROM runs WHERE version_id = ?", (vid,)).fetchone()
+            c.execute("DELETE FROM versions WHERE id = ?", (vid,))
+            c.execute("DELETE FROM experiments WHERE id = ? AND NOT EXISTS "
+                      "(SELECT 1 FROM versions WHERE experiment_id = ?)", (exp_id, exp_id))
+            orphans = c.execute("SELECT hash, file FROM artefacts WHERE hash NOT IN "
+                                "(SELECT hash FROM run_artefacts)").fetchall()
+            c.executemany("DELETE FROM artefacts WHERE hash = ?", [(h,) for h, _ in orphans])
+        for _, rel in orphans:  # after the commit: a crash here leaves only unreferenced files
+            (self.files.root / rel).unlink(missing_ok=True)
+        return n
+
+    def delete_experiment(self, name: str) -> int:
+        """Delete every version of an experiment; returns the runs deleted."""
+        return sum(self.delete_version(name, h) for h in self.versions(name)["hash"])
+
+    # ---- reading ----------------------------------------------------------------------------
+    def experiments(self) -> pd.DataFrame:
+        """One row per experiment: name, versions, runs, created, last_run, last_status."""
+        rows = self._query(
+            "SELECT e.name, (SELECT count(*) FROM versions v WHERE v.experiment_id = e.id) AS versions, "
+            "count(r.id) AS runs, e.created, max(r.started) AS last_run, "
+            "(SELECT r2.status FROM runs r2 JOIN versions v2 ON v2.id = r2.version_id WHERE v2.experiment_id = e.id "
+            " ORDER BY r2.started DESC, r2.id DESC LIMIT 1) AS last_status "
+            "FROM experiments e LEFT JOIN versions v ON v.experiment_id = e.id LEFT JOIN runs r ON r.version_id = v.id "
+            "GROUP BY e.id ORDER BY e.name")
+        df = pd.DataFrame([dict(r) for r in rows], columns=["name", "versions", "runs", "created", "last_run",
+                                                            "last_status"])
+        df["created"], df["last_run"] = _times(df["created"]), _times(df["last_run"])
+        return df
+
+    def _experiment_id(self, name: str) -> int:
+        check_name(name)
+        row = self._query("SELECT id FROM experiments WHERE name = ?", (name,))
+        if not row:
+            known = [r[0] for r in self._query("SELECT name FROM experiments ORDER BY name")]
+            listing = ", ".join(repr(k) for k in known[:20]) or "none yet"
+            raise ArrakisKeyError(f"no experiment named {name!r} in the store {self.root}; experiments: {listing}."
+                                  + close_matches(name, known))
+        return row[0][0]
+
+    def versions(self, name: str) -> pd.DataFrame:
+        """The versions of an experiment, oldest first: v (1-based), hash, kind, first_seen, last_seen,
+        runs, last_run, last_status, tags (of their runs)."""
+        exp_id = self._experiment_id(name)
+        rows = self._query(
+            "SELECT v.hash, v.kind, v.first_seen, v.last_seen, count(r.id) AS runs, max(r.started) AS last_run, "
+            "(SELECT status FROM runs r2 WHERE r2.version_id = v.id ORDER BY r2.started DESC, r2.id DESC LIMIT 1)"
+            " AS last_status, (SELECT group_concat(DISTINCT t.tag) FROM tags t JOIN runs r3 ON r3.id = t.run_id "
+            " WHERE r3.version_id = v.id) AS tags "
+            "FROM versions v LEFT JOIN runs r ON r.version_id = v.id WHERE v.experiment_id = ? "
+            "GROUP BY v.id ORDER BY v.first_seen, v.id", (exp_id,))
+        df = pd.DataFrame([dict(r) for r in rows], columns=["hash", "kind", "first_seen", "last_seen", "runs",
+                                                            "last_run", "last_status", "tags"])
+        df.insert(0, "v", range(1, len(df) + 1))
+        for col in ("first_seen", "last_seen", "last_run"):
+            df[col] = _times(df[col])
+        df["tags"] = df["tags"].map(_split_tags)
+        return df
+
+    def resolve(self, name: str, ref: str) -> str:
+        """The full version hash that ``ref`` names: a hash, a unique hash prefix (4+ digits), or ``v3``."""
+        exp_id = self._experiment_id(name)
+        hashes = [r[0] for r in self._query("SELECT hash FROM versions WHERE experiment_id = ? ORDER BY first_seen, id",
+                                            (exp_id,))]
+        ref = str(ref).strip()
+        if ref[:1] in "vV" and ref[1:].isdigit():
+            i = int(ref[1:])
+            if 1 <= i <= len(hashes):
+                return hashes[i - 1]
+            raise ArrakisKeyError(f"experiment {name!r} has versions v1..v{len(hashes)}, not {ref}")
+        matches = [h for h in hashes if h.startswith(ref.lower())] if len(ref) >= 4 else []
+        if len(matches) == 1:
+            return matches[0]
+        if len(matches) > 1:
+            raise ArrakisKeyError(f"version prefix {ref!r} of {name!r} is ambiguous: {', '.join(matches)}")
+        raise ArrakisKeyError(f"experiment {name!r} has no version {ref!r}; versions are named by their hash, a unique "
+                              f"prefix of 4+ hex digits, or v1..v{len(hashes)}: {', '.join(hashes[-10:])}")
+
+    def version_number(self, name: str, digest: str) -> int:
+        """The 1-based position (oldest first) of version ``digest`` of an experiment."""
+        (row,) = self._query("SELECT count(*) FROM versions v JOIN experiments e ON e.id = v.experiment_id "
+                             "JOIN versions w ON w.id = (SELECT v2.id FROM versions v2 WHERE v2.experiment_id = e.id"
+                             " AND v2.hash = ?) WHERE e.name = ? AND (v.first_seen, v.id) <= (w.first_seen, w.id)",
+                             (digest, name))
+        return int(row[0])
+
+    def version(self, name: str, ref: str) -> Version:
+        """One version: its source and runs."""
+        digest = self.resolve(name, ref)
+        index = int(self.versions(name).set_index("hash").loc[digest, "v"])
+        (row,) = self._query("SELECT v.kind, v.source, v.first_seen, v.last_seen FROM versions v JOIN experiments e "
+                             "ON e.id = v.experiment_id WHERE e.name = ? AND v.hash = ?", (name, digest))
+        return Version(name, digest, index, row["kind"], row["source"], _times(pd.Series([row["first_seen"]]))[0],
+                       _times(pd.Series([row["last_seen"]]))[0], self.runs(name, digest))
+
+    def runs(self, name: str, hash: str | None = None, *, status: str | None = None, tag: str | None = None,
+             since: Any = None, until: Any = None, limit: int | None = None, offset: int = 0) -> pd.DataFrame:
+        """Runs of an experiment (of one version if ``hash``), oldest first, filtered by status, tag and
+        start time (``since``/``until``: anything ``pd.Timestamp`` accepts), paginated by limit/offset."""
+        where, params = ["v.experiment_id = ?"], [self._experiment_id(name)]
+        if hash is not None:
+            where.append("v.hash = ?")
+            params.append(self.resolve(name, hash))
+        if status is not None:
+            if status not in STATUSES:
+                raise ArrakisValueError(f"status filter {status!r} is not one of {', '.join(STATUSES)}")
+            where.append("r.status = ?")
+            params.append(status)
+        if tag is not None:
+            where.append("EXISTS (SELECT 1 FROM tags t WHERE t.run_id = r.id AND t.tag = ?)")
+            params.append(tag)
+        for bound, op in ((since, ">="), (until, "<=")):
+            if bound is not None:
+                where.append(f"r.started {op} ?")
+                params.append(_epoch(bound))
+        page = ""
+        if limit is not None:
+            page = " LIMIT ? OFFSET ?"
+            params += [int(limit), int(offset)]
+        rows = self._query(
+            "SELECT r.id AS run_id, v.hash AS version, r.started, r.duration AS duration_s, r.status, r.result_type,"
+            " (SELECT group_concat(t.tag) FROM tags t WHERE t.run_id = r.id) AS tags, r.note, r.notebook, r.cell_id "
+            f"FROM runs r JOIN versions v ON v.id = r.version_id WHERE {' AND '.join(where)} "
+            f"ORDER BY r.started, r.id{page}", params)
+        df = pd.DataFrame([dict(r) for r in rows], columns=["run_id", "version", "started", "duration_s", "status",
+                                                            "result_type", "tags", "note", "notebook", "cell_id"])
+        df["started"] = _times(df["started"])
+        df["tags"] = df["tags"].map(_split_tags)
+        return df
+
+    def run(self, run_id: int) -> Run:
+        """One run in full, with its result decoded (tensors, DataFrames and figures read from their files)."""
+        rows = self._query("SELECT r.*, v.hash, e.name FROM runs r JOIN versions v ON v.id = r.version_id "
+                           "JOIN experiments e ON e.id = v.experiment_id WHERE r.id = ?", (self._run_id(run_id),))
+        if not rows:
+            raise ArrakisKeyError(f"no run with id {run_id} in {self.root}")
+        r = rows[0]
+        tags = [t[0] for t in self._query("SELECT tag FROM tags WHERE run_id = ? ORDER BY tag", (run_id,))]
+        metrics = pd.DataFrame([dict(m) for m in self._query(
+            "SELECT name, step, value, logged FROM metrics WHERE run_id = ? ORDER BY rowid", (run_id,))],
+            columns=["name", "step", "value", "logged"])
+        metrics["logged"] = _times(metrics["logged"])
+        metrics["step"] = metrics["step"].astype("Int64")
+        return Run(r["id"], r["uid"], r["name"], r["hash"], _times(pd.Series([r["started"]]))[0], r["duration"],
+                   r["status"], r["error"], self._decode(r["arguments"]), self._decode(r["result"]), r["result_type"],
+                   r["stdout"] or "", r["stderr"] or "", _unjson(r["model"]), _unjson(r["environment"]), r["notebook"],
+                   r["cell_id"], tags, r["note"], metrics)
+
+    def _decode(self, text: str | None) -> Any:
+        return decode(json.loads(text), self.files) if text is not None else None
+
+    def last_run(self, name: str, hash: str | None = None, status: str | None = None) -> Run | None:
+        """The most recent run of an experiment (or of one version), optionally with a given status."""
+        runs = self.runs(name, hash, status=status)
+        return self.run(int(runs["run_id"].iloc[-1])) if len(runs) else None
+
+    def metrics(self, name: str, hash: str | None = None) -> pd.DataFrame:
+        """Every metric logged by the runs of an experiment (or one version): run_id, version, name, step, value."""
+        where, params = "v.experiment_id = ?", [self._experiment_id(name)]
+        if hash is not None:
+            where += " AND v.hash = ?"
+            params.append(self.resolve(name, hash))
+        rows = self._query("SELECT m.run_id, v.hash AS version, m.name, m.step, m.value FROM metrics m JOIN runs r ON "
+                           f"r.id = m.run_id JOIN versions v ON v.id = r.version_id WHERE {where} ORDER BY m.rowid",
+                           params)
+        df = pd.DataFrame([dict(r) for r in rows], columns=["run_id", "version", "name", "step", "value"])
+        df["step"] = df["step"].astype("Int64")
+        return df
+
+    def diff(self, name: str, a: str, b: str) -> VersionDiff:
+        """Compare versions ``a`` and ``b``: unified diff of sources, the results of their last successful
+        runs leaf by leaf, and their last run's final value of each metric."""
+        va, vb = self.version(name, a), self.version(name, b)
+        source_diff = "".join(difflib.unified_diff(
+            va.source.splitlines(keepends=True), vb.source.splitlines(keepends=True),
+            fromfile=f"{name} v{va.index} {va.hash}", tofile=f"{name} v{vb.index} {vb.hash}"))
+        ra, rb = self.last_run(name, va.hash, "ok"), self.last_run(name, vb.hash, "ok")
+        results = compare_values(ra.result if ra else None, rb.result if rb else None)
+        ma, mb = self.last_run(name, va.hash), self.last_run(name, vb.hash)
+        metrics = pd.concat([_final_metrics(ma), _final_metrics(mb)], axis=1,
+                            keys=[f"a (v{va.index})", f"b (v{vb.index})"])
+        metrics["delta"] = metrics.iloc[:, 1] - metrics.iloc[:, 0]
+        metrics.index.name = "metric"
+        return VersionDiff(name, va.hash, vb.hash, source_diff, results, metrics)
+
+    # ---- portable archives --------------------------------------------------------------------
+    def export(self, path: str | os.PathLike, names: Sequence[str] | None = None) -> pathlib.Path:
+        """Write the store (or the named experiments) to a zip archive that ``Store.import_`` reads."""
+        path = pathlib.Path(path)
+        for name in names or ():
+            self._experiment_id(name)
+        with tempfile.TemporaryDirectory() as tmp:
+            snapshot = Store(tmp)
+            counts = self._copy_into(snapshot, names)
+            conn = snapshot._conn()
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            conn.execute("PRAGMA journal_mode = DELETE")
+            snapshot.close()
+            manifest = {"format": EXPORT_FORMAT, "created": time.time(), "source": str(self.root), **counts}
+            partial = path.with_name(path.name + ".partial")
+            with zipfile.ZipFile(partial, "w", zipfile.ZIP_DEFLATED) as z:
+                z.writestr("manifest.json", json.dumps(manifest, indent=1))
+                z.write(snapshot.db_path, DB_NAME)
+                for f in sorted(snapshot.files.root.rglob("*")):
+                    if f.is_file():
+                        z.write(f, f"artefacts/{f.relative_to(snapshot.files.root).as_posix()}")
+            os.replace(partial, path)
+        return path
+
+    def import_(self, path: str | os.PathLike) -> dict[str, int]:
+        """Merge an archive written by ``export`` into this store; runs already present are skipped."""
+        path = pathlib.Path(path)
+        try:
+            archive = zipfile.ZipFile(path)
+        except (OSError, zipfile.BadZipFile) as e:
+            raise StoreError(f"{path} is not an arrakis export archive (a zip written by Store.export): {e}") from e
+        with archive, tempfile.TemporaryDirectory() as tmp:
+            names = archive.namelist()
+            try:
+                manifest = json.loads(archive.read("manifest.json"))
+            except (KeyError, ValueError):
+                manifest = {}
+            if manifest.get("format") != EXPORT_FORMAT or DB_NAME not in names:
+                raise StoreError(f"{path} is not an arrakis export archive: expected manifest.json with format "
+                                 f"{EXPORT_FORMAT!r} and {DB_NAME}")
+            for member in names:
+                if member == DB_NAME or (member.startswith("artefacts/") and ".." not in member.split("/")):
+                    archive.extract(member, tmp)
+            source = Store(tmp)
+            try:
+                return source._copy_into(self)
+            finally:
+                source.close()
+
+    def _copy_into(self, dst: "Store", names: Sequence[str] | None = None) -> dict[str, int]:
+        where, params = "", []
+        if names:
+            where = f"WHERE e.name IN ({', '.join('?' * len(names))})"
+            params = list(names)
+        rows = self._query("SELECT e.name, e.created, v.hash, v.kind, v.source, v.first_seen, v.last_seen, r.* "
+                           "FROM runs r JOIN versions v ON v.id = r.version_id JOIN experiments e ON "
+                           f"e.id = v.experiment_id {where} ORDER BY r.id", params)
+        copied = skipped = 0
+        with dst._write() as c:
+            for r in rows:
+                if c.execute("SELECT 1 FROM runs WHERE uid = ?", (r["uid"],)).fetchone():
+                    skipped += 1
+                    continue
+                c.execute("INSERT INTO experiments (name, created) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET "
+                          "created = min(created, excluded.created)", (r["name"], r["created"]))
+                (exp_id,) = c.execute("SELECT id FROM experiments WHERE name = ?", (r["name"],)).fetchone()
+                c.execute("INSERT INTO versions (experiment_id, hash, kind, source, first_seen, last_seen) "
+                          "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (experiment_id, hash) DO UPDATE SET "
+                          "first_seen = min(first_seen, excluded.first_seen), last_seen = max(last_seen, "
+                          "excluded.last_seen)", (exp_id, r["hash"], r["kind"], r["source"], r["first_seen"],
+                                                  r["last_seen"]))
+                (vid,) = c.execute("SELECT id FROM versions WHERE experiment_id = ? AND hash = ?",
+                                   (exp_id, r["hash"])).fetchone()
+                run_id = c.execute(
+                    "INSERT INTO runs (uid, version_id, started, duration, status, error, arguments, result,"
+                    " result_type, stdout, stderr, model, environment, notebook, cell_id, note) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (r["uid"], vid, r["started"], r["duration"], r["status"], r["error"], r["arguments"], r["result"],
+                     r["result_type"], r["stdout"], r["stderr"], r["model"], r["environment"], r["notebook"],
+                     r["cell_id"], r["note"])).lastrowid
+                tags = [t[0] for t in self._query("SELECT tag FROM tags WHERE run_id = ?", (r["id"],))]
+                metrics = [tuple(m) for m in self._query("SELECT name, step, value, logged FROM metrics WHERE "
+                                                         "run_id = ? ORDER BY rowid", (r["id"],))]
+                artefacts = {}
+                for kind, rel in self._query("SELECT a.kind, a.file FROM artefacts a JOIN run_artefacts ra "
+                                             "ON ra.hash = a.hash WHERE ra.run_id = ?", (r["id"],)):
+                    digest, new_rel, size = dst.files.put((self.files.root / rel).read_bytes(), kind)
+                    artefacts[digest] = (kind, new_rel, size)
+                self._link(c, run_id, tags, metrics, artefacts)
+                copied += 1
+        experiments = len({r["name"] for r in rows})
+        return {"experiments": experiments, "runs": copied, "skipped": skipped}
+
+
+def _split_tags(text: Any) -> list[str]:
+    return sorted(text.split(",")) if isinstance(text, str) and text else []
+
+
+def _final_metrics(run: Run | None) -> pd.Series:
+    if run is None or not len(run.metrics):
+        return pd.Series(dtype=float)
+    return run.metrics.groupby("name", sort=False)["value"].last()
+
+
+def _epoch(value: Any) -> float:
+    if isinstance(value, (int, float)):
+        return float(value)
+    ts = pd.Timestamp(value)
+    if ts.tzinfo is None:
+        ts = ts.tz_localize("UTC")
+    return ts.timestamp()
+
+
+def _json(value: Any) -> str | None:
+    return json.dumps(value, default=str) if value is not None else None
+
+
+def _unjson(text: str | None) -> Any:
+    return json.loads(text) if text else None
