@@ -2,8 +2,8 @@
 from .artefacts import StoredFigure, Unserialisable
 from .hashing import normalise_source, source_hash
 from .schema import SCHEMA_VERSION, StoreVersionError
-from .store import (Run, RunRecord, Store, StoreError, Version, VersionDiff, check_name,
-                    default_store_dir)
+from .records import Run, RunRecord, Version, VersionDiff, check_name
+from .store import Store, StoreError, default_store_dir
 
 __all__ = ["SCHEMA_VERSION", "Run", "RunRecord", "Store", "StoreError", "StoreVersionError",
            "StoredFigure", "Unserialisable", "Version", "VersionDiff", "check_name", "default_store_dir",

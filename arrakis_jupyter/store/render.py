@@ -5,7 +5,7 @@ import html
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .store import Version, VersionDiff
+    from .records import Version, VersionDiff
 
 _STYLE = ("<style>.arrakis-src{font-family:var(--jp-code-font-family,monospace);font-size:12px;white-space:pre;"
           "padding:6px;border:1px solid var(--jp-border-color2,#ddd);overflow:auto}"

@@ -15,29 +15,23 @@ import json
 import os
 import pathlib
 import sqlite3
-import tempfile
 import threading
 import time
-import unicodedata
-import uuid
-import zipfile
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator, Sequence
 
 import pandas as pd
 
 from ..errors import ArrakisError, ArrakisKeyError, ArrakisValueError, close_matches
 from .artefacts import ArtefactFiles, Encoder, decode, describe
+from .records import Run, RunRecord, Version, VersionDiff, to_timestamps, check_name
 from .compare import compare_values
 from .hashing import source_hash
 from .schema import check_not_newer, migrate
 
 DB_NAME = "arrakis.db"
-NAME_LIMIT = 200
 STATUSES = ("ok", "error", "interrupted")
 KINDS = ("cell", "function")
-EXPORT_FORMAT = "arrakis-export/1"
 
 
 class StoreError(ArrakisError):
@@ -48,136 +42,6 @@ def default_store_dir() -> pathlib.Path:
     """``$ARRAKIS_HOME`` if set, else ``experiments/`` in the working directory (beside the notebook)."""
     home = os.environ.get("ARRAKIS_HOME")
     return pathlib.Path(home) if home else pathlib.Path.cwd() / "experiments"
-
-
-def check_name(name: Any, what: str = "experiment name") -> str:
-    """Return ``name`` if it is a valid experiment name (or tag), else raise a clear error."""
-    accepted = (f"{what}s are non-empty text up to {NAME_LIMIT} characters without path separators (/ \\), "
-                "control characters or leading/trailing spaces")
-    if not isinstance(name, str):
-        raise ArrakisValueError(f"{what} must be a string, got {type(name).__name__}: {name!r}. {accepted}.")
-    problem = None
-    if not name.strip():
-        problem = "is empty"
-    elif len(name) > NAME_LIMIT:
-        problem = f"is {len(name)} characters long"
-    elif "/" in name or "\\" in name:
-        problem = "contains a path separator"
-    elif any(unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp") for ch in name):
-        problem = "contains a control character"
-    elif name != name.strip():
-        problem = "has leading or trailing whitespace"
-    elif name in (".", ".."):
-        problem = "is a relative path"
-    if problem:
-        raise ArrakisValueError(f"{what} {name!r} {problem}: {accepted}.")
-    return name
-
-
-@dataclass
-class RunRecord:
-    """Everything recorded about one run; ``Store.record`` writes it in one transaction.
-
-    ``stdout``/``stderr`` are stored as given (the recorder caps them, see ``recording.OUTPUT_CAP``)."""
-
-    name: str
-    source: str
-    kind: str = "cell"
-    started: float = field(default_factory=time.time)
-    duration: float | None = None
-    status: str = "ok"
-    error: str | None = None
-    arguments: Any = None
-    result: Any = None
-    stdout: str = ""
-    stderr: str = ""
-    model: dict | None = None
-    environment: dict | None = None
-    notebook: str | None = None
-    cell_id: str | None = None
-    tags: Sequence[str] = ()
-    note: str = ""
-    metrics: list[tuple[str, int | None, float, float]] = field(default_factory=list)  # name, step, value, time
-    uid: str = field(default_factory=lambda: uuid.uuid4().hex)
-    placeholders: list[str] = field(default_factory=list)  # filled by Store.record: result types not serialised
-
-
-@dataclass(repr=False)
-class Version:
-    """One version of an experiment: its source and the runs made with it."""
-
-    name: str
-    hash: str
-    index: int
-    kind: str
-    source: str
-    first_seen: pd.Timestamp
-    last_seen: pd.Timestamp
-    runs: pd.DataFrame
-
-    def _repr_html_(self) -> str:
-        from .render import version_html
-
-        return version_html(self)
-
-    def __repr__(self) -> str:
-        return (f"{self.name} v{self.index} {self.hash} ({self.kind}, first seen {self.first_seen:%Y-%m-%d %H:%M:%S}, "
-                f"{len(self.runs)} runs)\n\n{self.source}\n\n{self.runs.to_string() if len(self.runs) else ''}")
-
-
-@dataclass
-class Run:
-    """One run of a version, with its decoded result, outputs, model, environment and metrics."""
-
-    id: int
-    uid: str
-    name: str
-    hash: str
-    started: pd.Timestamp
-    duration: float | None
-    status: str
-    error: str | None
-    arguments: Any
-    result: Any
-    result_type: str | None
-    stdout: str
-    stderr: str
-    model: dict | None
-    environment: dict | None
-    notebook: str | None
-    cell_id: str | None
-    tags: list[str]
-    note: str
-    metrics: pd.DataFrame
-
-
-@dataclass(repr=False)
-class VersionDiff:
-    """Two versions of an experiment compared: unified source diff, results and metrics side by side."""
-
-    name: str
-    a: str
-    b: str
-    source_diff: str
-    results: pd.DataFrame
-    metrics: pd.DataFrame
-
-    def _repr_html_(self) -> str:
-        from .render import diff_html
-
-        return diff_html(self)
-
-    def __repr__(self) -> str:
-        parts = [self.source_diff or f"(sources of {self.a} and {self.b} are identical up to whitespace)"]
-        if len(self.results):
-            parts.append("results:\n" + self.results.to_string(index=False))
-        if len(self.metrics):
-            parts.append("metrics:\n" + self.metrics.to_string())
-        return "\n\n".join(parts)
-
-
-def _times(series: pd.Series) -> pd.Series:
-    return pd.to_datetime(series, unit="s", utc=True).dt.round("us")
 
 
 class Store:
@@ -268,25 +132,36 @@ class Store:
         rec.placeholders = list(encoder.placeholders)
         arguments = json.dumps(encoder(rec.arguments), allow_nan=False) if rec.arguments is not None else None
         digest = source_hash(rec.source)
+        row = {"uid": rec.uid, "started": rec.started, "duration": rec.duration, "status": rec.status,
+               "error": rec.error, "arguments": arguments, "result": result, "result_type": describe(rec.result),
+               "stdout": rec.stdout, "stderr": rec.stderr, "model": _json(rec.model),
+               "environment": _json(rec.environment), "notebook": rec.notebook, "cell_id": rec.cell_id,
+               "note": rec.note or ""}
         with self._write() as c:
-            c.execute("INSERT INTO experiments (name, created) VALUES (?, ?) ON CONFLICT (name) DO NOTHING",
-                      (rec.name, rec.started))
-            (exp_id,) = c.execute("SELECT id FROM experiments WHERE name = ?", (rec.name,)).fetchone()
-            c.execute("INSERT INTO versions (experiment_id, hash, kind, source, first_seen, last_seen) "
-                      "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (experiment_id, hash) DO UPDATE SET "
-                      "last_seen = max(last_seen, excluded.last_seen)",
-                      (exp_id, digest, rec.kind, rec.source, rec.started, rec.started))
-            (version_id,) = c.execute("SELECT id FROM versions WHERE experiment_id = ? AND hash = ?",
-                                      (exp_id, digest)).fetchone()
-            run_id = c.execute(
-                "INSERT INTO runs (uid, version_id, started, duration, status, error, arguments, result, result_type,"
-                " stdout, stderr, model, environment, notebook, cell_id, note) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (rec.uid, version_id, rec.started, rec.duration, rec.status, rec.error, arguments, result,
-                 describe(rec.result), rec.stdout, rec.stderr, _json(rec.model),
-                 _json(rec.environment), rec.notebook, rec.cell_id, rec.note or "")).lastrowid
+            run_id = self._insert_run(c, rec.name, rec.started, digest, rec.kind, rec.source, rec.started,
+                                      rec.started, row)
             self._link(c, run_id, tags, rec.metrics, encoder.artefacts)
         return run_id
+
+    RUN_COLUMNS = ("uid", "started", "duration", "status", "error", "arguments", "result", "result_type", "stdout",
+                   "stderr", "model", "environment", "notebook", "cell_id", "note")
+
+    @classmethod
+    def _insert_run(cls, c: sqlite3.Connection, name: str, created: float, digest: str, kind: str, source: str,
+                    first_seen: float, last_seen: float, row: Any) -> int:
+        """Upsert the experiment and version, insert the run (``row`` has RUN_COLUMNS); returns the run id."""
+        c.execute("INSERT INTO experiments (name, created) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET "
+                  "created = min(created, excluded.created)", (name, created))
+        (exp_id,) = c.execute("SELECT id FROM experiments WHERE name = ?", (name,)).fetchone()
+        c.execute("INSERT INTO versions (experiment_id, hash, kind, source, first_seen, last_seen) VALUES "
+                  "(?, ?, ?, ?, ?, ?) ON CONFLICT (experiment_id, hash) DO UPDATE SET first_seen = "
+                  "min(first_seen, excluded.first_seen), last_seen = max(last_seen, excluded.last_seen)",
+                  (exp_id, digest, kind, source, first_seen, last_seen))
+        (version_id,) = c.execute("SELECT id FROM versions WHERE experiment_id = ? AND hash = ?",
+                                  (exp_id, digest)).fetchone()
+        columns = ", ".join(cls.RUN_COLUMNS)
+        return c.execute(f"INSERT INTO runs (version_id, {columns}) VALUES (?{', ?' * len(cls.RUN_COLUMNS)})",
+                         (version_id, *(row[k] for k in cls.RUN_COLUMNS))).lastrowid
 
     @staticmethod
     def _link(c: sqlite3.Connection, run_id: int, tags: Iterable[str], metrics: Iterable[tuple],
@@ -361,7 +236,7 @@ class Store:
             "GROUP BY e.id ORDER BY e.name")
         df = pd.DataFrame([dict(r) for r in rows], columns=["name", "versions", "runs", "created", "last_run",
                                                             "last_status"])
-        df["created"], df["last_run"] = _times(df["created"]), _times(df["last_run"])
+        df["created"], df["last_run"] = to_timestamps(df["created"]), to_timestamps(df["last_run"])
         return df
 
     def _experiment_id(self, name: str) -> int:
@@ -389,7 +264,7 @@ class Store:
                                                             "last_run", "last_status", "tags"])
         df.insert(0, "v", range(1, len(df) + 1))
         for col in ("first_seen", "last_seen", "last_run"):
-            df[col] = _times(df[col])
+            df[col] = to_timestamps(df[col])
         df["tags"] = df["tags"].map(_split_tags)
         return df
 
@@ -426,8 +301,8 @@ class Store:
         index = int(self.versions(name).set_index("hash").loc[digest, "v"])
         (row,) = self._query("SELECT v.kind, v.source, v.first_seen, v.last_seen FROM versions v JOIN experiments e "
                              "ON e.id = v.experiment_id WHERE e.name = ? AND v.hash = ?", (name, digest))
-        return Version(name, digest, index, row["kind"], row["source"], _times(pd.Series([row["first_seen"]]))[0],
-                       _times(pd.Series([row["last_seen"]]))[0], self.runs(name, digest))
+        return Version(name, digest, index, row["kind"], row["source"], to_timestamps(pd.Series([row["first_seen"]]))[0],
+                       to_timestamps(pd.Series([row["last_seen"]]))[0], self.runs(name, digest))
 
     def runs(self, name: str, hash: str | None = None, *, status: str | None = None, tag: str | None = None,
              since: Any = None, until: Any = None, limit: int | None = None, offset: int = 0) -> pd.DataFrame:
@@ -460,7 +335,7 @@ class Store:
             f"ORDER BY r.started, r.id{page}", params)
         df = pd.DataFrame([dict(r) for r in rows], columns=["run_id", "version", "started", "duration_s", "status",
                                                             "result_type", "tags", "note", "notebook", "cell_id"])
-        df["started"] = _times(df["started"])
+        df["started"] = to_timestamps(df["started"])
         df["tags"] = df["tags"].map(_split_tags)
         return df
 
@@ -475,9 +350,9 @@ class Store:
         metrics = pd.DataFrame([dict(m) for m in self._query(
             "SELECT name, step, value, logged FROM metrics WHERE run_id = ? ORDER BY rowid", (run_id,))],
             columns=["name", "step", "value", "logged"])
-        metrics["logged"] = _times(metrics["logged"])
+        metrics["logged"] = to_timestamps(metrics["logged"])
         metrics["step"] = metrics["step"].astype("Int64")
-        return Run(r["id"], r["uid"], r["name"], r["hash"], _times(pd.Series([r["started"]]))[0], r["duration"],
+        return Run(r["id"], r["uid"], r["name"], r["hash"], to_timestamps(pd.Series([r["started"]]))[0], r["duration"],
                    r["status"], r["error"], self._decode(r["arguments"]), self._decode(r["result"]), r["result_type"],
                    r["stdout"] or "", r["stderr"] or "", _unjson(r["model"]), _unjson(r["environment"]), r["notebook"],
                    r["cell_id"], tags, r["note"], metrics)
@@ -522,95 +397,16 @@ class Store:
     # ---- portable archives --------------------------------------------------------------------
     def export(self, path: str | os.PathLike, names: Sequence[str] | None = None) -> pathlib.Path:
         """Write the store (or the named experiments) to a zip archive that ``Store.import_`` reads."""
-        path = pathlib.Path(path)
-        for name in names or ():
-            self._experiment_id(name)
-        with tempfile.TemporaryDirectory() as tmp:
-            snapshot = Store(tmp)
-            counts = self._copy_into(snapshot, names)
-            conn = snapshot._conn()
-            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            conn.execute("PRAGMA journal_mode = DELETE")
-            snapshot.close()
-            manifest = {"format": EXPORT_FORMAT, "created": time.time(), "source": str(self.root), **counts}
-            partial = path.with_name(path.name + ".partial")
-            with zipfile.ZipFile(partial, "w", zipfile.ZIP_DEFLATED) as z:
-                z.writestr("manifest.json", json.dumps(manifest, indent=1))
-                z.write(snapshot.db_path, DB_NAME)
-                for f in sorted(snapshot.files.root.rglob("*")):
-                    if f.is_file():
-                        z.write(f, f"artefacts/{f.relative_to(snapshot.files.root).as_posix()}")
-            os.replace(partial, path)
-        return path
+        from .archive import export_store
+
+        return export_store(self, pathlib.Path(path), names)
 
     def import_(self, path: str | os.PathLike) -> dict[str, int]:
-        """Merge an archive written by ``export`` into this store; runs already present are skipped."""
-        path = pathlib.Path(path)
-        try:
-            archive = zipfile.ZipFile(path)
-        except (OSError, zipfile.BadZipFile) as e:
-            raise StoreError(f"{path} is not an arrakis export archive (a zip written by Store.export): {e}") from e
-        with archive, tempfile.TemporaryDirectory() as tmp:
-            names = archive.namelist()
-            try:
-                manifest = json.loads(archive.read("manifest.json"))
-            except (KeyError, ValueError):
-                manifest = {}
-            if manifest.get("format") != EXPORT_FORMAT or DB_NAME not in names:
-                raise StoreError(f"{path} is not an arrakis export archive: expected manifest.json with format "
-                                 f"{EXPORT_FORMAT!r} and {DB_NAME}")
-            for member in names:
-                if member == DB_NAME or (member.startswith("artefacts/") and ".." not in member.split("/")):
-                    archive.extract(member, tmp)
-            source = Store(tmp)
-            try:
-                return source._copy_into(self)
-            finally:
-                source.close()
+        """Merge an archive written by ``export`` into this store; runs already present are skipped.
+        Returns counts: experiments in the archive, runs copied, runs skipped."""
+        from .archive import import_archive
 
-    def _copy_into(self, dst: "Store", names: Sequence[str] | None = None) -> dict[str, int]:
-        where, params = "", []
-        if names:
-            where = f"WHERE e.name IN ({', '.join('?' * len(names))})"
-            params = list(names)
-        rows = self._query("SELECT e.name, e.created, v.hash, v.kind, v.source, v.first_seen, v.last_seen, r.* "
-                           "FROM runs r JOIN versions v ON v.id = r.version_id JOIN experiments e ON "
-                           f"e.id = v.experiment_id {where} ORDER BY r.id", params)
-        copied = skipped = 0
-        with dst._write() as c:
-            for r in rows:
-                if c.execute("SELECT 1 FROM runs WHERE uid = ?", (r["uid"],)).fetchone():
-                    skipped += 1
-                    continue
-                c.execute("INSERT INTO experiments (name, created) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET "
-                          "created = min(created, excluded.created)", (r["name"], r["created"]))
-                (exp_id,) = c.execute("SELECT id FROM experiments WHERE name = ?", (r["name"],)).fetchone()
-                c.execute("INSERT INTO versions (experiment_id, hash, kind, source, first_seen, last_seen) "
-                          "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (experiment_id, hash) DO UPDATE SET "
-                          "first_seen = min(first_seen, excluded.first_seen), last_seen = max(last_seen, "
-                          "excluded.last_seen)", (exp_id, r["hash"], r["kind"], r["source"], r["first_seen"],
-                                                  r["last_seen"]))
-                (vid,) = c.execute("SELECT id FROM versions WHERE experiment_id = ? AND hash = ?",
-                                   (exp_id, r["hash"])).fetchone()
-                run_id = c.execute(
-                    "INSERT INTO runs (uid, version_id, started, duration, status, error, arguments, result,"
-                    " result_type, stdout, stderr, model, environment, notebook, cell_id, note) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (r["uid"], vid, r["started"], r["duration"], r["status"], r["error"], r["arguments"], r["result"],
-                     r["result_type"], r["stdout"], r["stderr"], r["model"], r["environment"], r["notebook"],
-                     r["cell_id"], r["note"])).lastrowid
-                tags = [t[0] for t in self._query("SELECT tag FROM tags WHERE run_id = ?", (r["id"],))]
-                metrics = [tuple(m) for m in self._query("SELECT name, step, value, logged FROM metrics WHERE "
-                                                         "run_id = ? ORDER BY rowid", (r["id"],))]
-                artefacts = {}
-                for kind, rel in self._query("SELECT a.kind, a.file FROM artefacts a JOIN run_artefacts ra "
-                                             "ON ra.hash = a.hash WHERE ra.run_id = ?", (r["id"],)):
-                    digest, new_rel, size = dst.files.put((self.files.root / rel).read_bytes(), kind)
-                    artefacts[digest] = (kind, new_rel, size)
-                self._link(c, run_id, tags, metrics, artefacts)
-                copied += 1
-        experiments = len({r["name"] for r in rows})
-        return {"experiments": experiments, "runs": copied, "skipped": skipped}
+        return import_archive(self, pathlib.Path(path))
 
 
 def _split_tags(text: Any) -> list[str]:
