@@ -218,27 +218,39 @@ class AttentionTools(BaseInterpretabilityTool):
         of distinct tokens repeated twice, where the scored queries are exactly the second copy and the
         induction score is TransformerLens's: the mean of the diagonal at offset -(seq_len - 1) there.
         """
-        if kind not in SCORE_KINDS:
-            raise ArrakisValueError(f"kind must be one of {', '.join(SCORE_KINDS)}; got {kind!r}")
+        table = self.head_score_table((kind,), input_ids, seq_len, batch, seed)
+        return LabelledTensor(table.values[0], ("layer", "head"), name=kind)
+
+    def head_score_table(self, kinds=SCORE_KINDS, input_ids=None, seq_len: int = 50, batch: int = 4,
+                         seed: int = 0) -> LabelledTensor:
+        """Several :meth:`head_scores` from one forward pass: dims ``("score", "layer", "head")``."""
+        kinds = tuple(kinds)
+        for kind in kinds:
+            if kind not in SCORE_KINDS:
+                raise ArrakisValueError(f"kind must be one of {', '.join(SCORE_KINDS)}; got {kind!r}")
         if input_ids is None:
             input_ids = self.repeated_random_tokens(seq_len, batch, seed)
         tokens = self.tokens(input_ids)
-        target, queries = self._score_targets(kind, tokens)
-        if not queries.any():
-            raise ArrakisValueError(f"no query position of this input has a {kind} target (e.g. no repeated "
-                                    "token); pass a longer input or input_ids=None for repeated random tokens")
-        target, weight = target.float(), queries.float() / queries.sum()
+        targets, weights = [], []
+        for kind in kinds:
+            target, queries = self._score_targets(kind, tokens)
+            if not queries.any():
+                raise ArrakisValueError(f"no query position of this input has a {kind} target (e.g. no repeated "
+                                        "token); pass a longer input or input_ids=None for repeated random tokens")
+            targets.append(target.float())
+            weights.append(queries.float() / queries.sum())
+        target, weight = torch.stack(targets), torch.stack(weights)  # [kind, b, q, k], [kind, b, q]
         cfg = self.model.cfg
-        scores = torch.zeros(cfg.n_layers, cfg.n_heads)
+        scores = torch.zeros(len(kinds), cfg.n_layers, cfg.n_heads)
 
         def score(pattern: torch.Tensor, hook) -> None:
-            per_query = torch.einsum("bhqk,bqk->bhq", pattern.float(), target.to(pattern.device))
-            scores[hook.layer()] = torch.einsum("bhq,bq->h", per_query, weight.to(pattern.device)).cpu()
+            per_query = torch.einsum("bhqk,sbqk->sbhq", pattern.float(), target.to(pattern.device))
+            scores[:, hook.layer()] = torch.einsum("sbhq,sbq->sh", per_query, weight.to(pattern.device)).cpu()
 
         with torch.no_grad():
             self.model.run_with_hooks(input_ids, [(lambda n: n.endswith("attn.hook_pattern"), score)],
                                       return_type=None)
-        return LabelledTensor(scores, ("layer", "head"), name=kind)
+        return LabelledTensor(scores, ("score", "layer", "head"), {"score": list(kinds)}, name="score")
 
     @staticmethod
     def top_heads(scores: LabelledTensor, k: int = 5) -> pd.DataFrame:

@@ -8,7 +8,7 @@ Every method takes one sequence (text, or ids [pos] / [1, pos]); ``pos`` default
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
@@ -48,6 +48,22 @@ class LensTable:
     token_ids: LabelledTensor
     probs: LabelledTensor
     tokens: list[list[list[str]]]
+    normalized: torch.Tensor | None = field(default=None, repr=False)  # [layer, pos, d_model] final-norm output
+    log_norm: torch.Tensor | None = field(default=None, repr=False)  # [layer, pos] logsumexp of the lens logits
+    unembed: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, repr=False)  # (W_U, b_U)
+
+    def target_probs(self, token_id: int) -> LabelledTensor:
+        """The lens probability of one token after every layer at every position, [layer, pos] float32
+        (from the stored normalised residuals: no new forward pass)."""
+        if self.normalized is None or self.unembed is None:
+            raise ArrakisValueError("this LensTable was built without its residuals; rebuild it with logit_lens_table")
+        w_u, b_u = self.unembed
+        if not isinstance(token_id, int) or not 0 <= token_id < w_u.shape[1]:
+            raise ArrakisValueError(f"token id must be an int in [0, {w_u.shape[1] - 1}], got {token_id!r}")
+        logit = self.normalized @ w_u[:, token_id].float() + b_u[token_id].float()
+        probs = (logit - self.log_norm).exp()
+        dims = ("layer", "pos")
+        return LabelledTensor(probs, dims, {d: self.probs.coords[d] for d in dims if d in self.probs.coords}, "prob")
 
     def to_frame(self) -> pd.DataFrame:
         """Long form: one row per (layer, pos, rank) with ``token_id``, ``token``, ``prob``."""
@@ -129,14 +145,16 @@ class LogitLens(BaseInterpretabilityTool):
         if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= d_vocab:
             raise ArrakisValueError(f"top_k must be an int in [1, {d_vocab}], got {top_k!r}")
         _, resid = self._resid_posts(tokens, None)
-        ids, probs = [], []
+        ids, probs, lse = [], [], []
         for layer_resid in resid:  # one layer at a time: [pos, d_vocab] in memory, not [layer, pos, d_vocab]
-            top = self.model.lens_logits(layer_resid).softmax(-1).topk(top_k, dim=-1)
-            ids.append(top.indices.cpu()); probs.append(top.values.cpu())
+            lens = self.model.lens_logits(layer_resid)
+            top = lens.softmax(-1).topk(top_k, dim=-1)
+            ids.append(top.indices.cpu()); probs.append(top.values.cpu()); lse.append(lens.logsumexp(-1).cpu())
         ids_t, probs_t = torch.stack(ids), torch.stack(probs)
         coords = {"layer": list(range(self.model.cfg.n_layers)), "pos": self.str_tokens(tokens),
                   "k": list(range(1, top_k + 1))}
         names = [[[token_str(self, int(i)) for i in row] for row in layer] for layer in ids_t]
         dims = ("layer", "pos", "k")
+        normalized = self.model.normalize_final(resid.float()).cpu()
         return LensTable(LabelledTensor(ids_t, dims, coords, "token_id"), LabelledTensor(probs_t, dims, coords, "prob"),
-                         names)
+                         names, normalized, torch.stack(lse), (self.model.W_U.detach().cpu(), self.model.b_U.detach().cpu()))
