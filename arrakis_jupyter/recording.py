@@ -59,6 +59,13 @@ def log_metric(name: str, value: Any, step: int | None = None) -> None:
     run.metrics.append((name, step, number if math.isfinite(number) else None, time.time()))
 
 
+def record_figure(figure: Any) -> None:
+    """Keep ``figure`` (bokeh, matplotlib, anything with a PNG/HTML repr) with the run in progress, if any."""
+    run = _active.get()
+    if run is not None:
+        run.figures.append(figure)
+
+
 @lru_cache(maxsize=1)
 def _versions() -> dict[str, str]:
     import transformers
@@ -129,6 +136,7 @@ class Recorder:
         self.notebook, self.cell_id, self.key = notebook, cell_id, key
         self.result: Any = None
         self.metrics: list[tuple[str, int | None, float | None, float]] = []
+        self.figures: list[Any] = []
         self.run_id: int | None = None
         self.status: str | None = None
         self.duration: float | None = None
@@ -163,7 +171,8 @@ class Recorder:
             stdout=self._out.text(), stderr=self._err.text(),
             model=model.fingerprint() if model is not None else None,
             environment=environment(getattr(model, "device", None)), notebook=self.notebook,
-            cell_id=self.cell_id, tags=self.tags, note=self.note, metrics=self.metrics)
+            cell_id=self.cell_id, tags=self.tags, note=self.note, metrics=self.metrics,
+            figures=self.figures)
         try:
             self.run_id = self.store.record(record)
         except Exception as e:  # never hide the user's own exception behind a recording failure

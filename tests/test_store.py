@@ -248,7 +248,7 @@ def test_a_store_from_a_newer_schema_is_refused_untouched(tmp_path):
     with sqlite3.connect(tmp_path / "arrakis.db") as c:
         c.execute("PRAGMA user_version = 99")
     before = (tmp_path / "arrakis.db").read_bytes()
-    with pytest.raises(StoreVersionError, match="schema version 99, but this arrakis_jupyter understands versions up to 1"):
+    with pytest.raises(StoreVersionError, match=f"schema version 99, but this arrakis_jupyter understands versions up to {schema.SCHEMA_VERSION}"):
         Store(tmp_path)
     assert (tmp_path / "arrakis.db").read_bytes() == before
 
@@ -261,10 +261,11 @@ def test_migrations_run_once_in_order(tmp_path, monkeypatch):
         calls.append(2)
         conn.execute("ALTER TABLE runs ADD COLUMN extra TEXT")
 
-    monkeypatch.setitem(schema.MIGRATIONS, 2, v2)
+    new = schema.SCHEMA_VERSION + 1
+    monkeypatch.setitem(schema.MIGRATIONS, new, v2)
     s = Store(tmp_path)
     Store(tmp_path)
-    assert calls == [2] and schema.schema_version(s._conn()) == 2
+    assert calls == [2] and schema.schema_version(s._conn()) == new
     assert len(s.runs("e")) == 1  # data kept across the migration
 
 
@@ -282,3 +283,33 @@ def test_json_in_the_database_is_plain_for_json_results(store):
     run_id = record(store, result={"a": [1, 2.5], "b": "c"})
     (text,) = sqlite3.connect(store.db_path).execute("SELECT result FROM runs WHERE id = ?", (run_id,)).fetchone()
     assert json.loads(text) == {"a": [1, 2.5], "b": "c"}
+
+
+def test_a_version_1_store_is_migrated_with_its_runs(tmp_path):
+    conn = sqlite3.connect(tmp_path / "arrakis.db")
+    schema.MIGRATIONS[1](conn)
+    conn.execute("PRAGMA user_version = 1")
+    conn.execute("INSERT INTO experiments (id, name, created) VALUES (1, 'old', 0)")
+    conn.execute("INSERT INTO versions VALUES (1, 1, 'abc123abc123', 'cell', 'x = 1', 0, 0)")
+    conn.execute("INSERT INTO runs (uid, version_id, started, status, result) VALUES ('u1', 1, 0, 'ok', '7')")
+    conn.commit()
+    conn.close()
+    store = Store(tmp_path)
+    assert schema.schema_version(store._conn()) == schema.SCHEMA_VERSION
+    run = store.last_run("old")
+    assert run.result == 7 and run.figures == []
+
+
+def test_figures_and_rich_objects_are_kept_as_html_or_png(store):
+    class Rich:
+        def _repr_html_(self):
+            return "<b>rich</b>"
+
+    from bokeh.plotting import figure
+
+    fig = figure(title="kept")
+    fig.line([1, 2], [1, 2])
+    run = store.run(record(store, result=Rich(), figures=[fig]))
+    assert isinstance(run.result, StoredFigure) and run.result.path.read_text() == "<b>rich</b>"
+    (kept,) = run.figures
+    assert kept.kind == "html" and "kept" in kept.path.read_text()

@@ -219,6 +219,9 @@ class Encoder:
             data = png()
             if isinstance(data, bytes):
                 return _node("figure", artefact=self.put(data, "png"), format="png", cls=type_name(value))
+        html = _html_repr(value)  # widgets (their static fallback) and other rich objects
+        if html:
+            return _node("figure", artefact=self.put(html.encode(), "html"), format="html", cls=type_name(value))
         return self.placeholder(value, "no serialiser for this type")
 
     def placeholder(self, value: Any, reason: str) -> dict:
@@ -286,6 +289,19 @@ def decode(tree: Any, files: ArtefactFiles) -> Any:
     if kind == "unserialisable":
         return Unserialisable(node["python_type"], node["repr"], node.get("reason", ""))
     raise ValueError(f"unknown stored value type {kind!r}")
+
+
+def _html_repr(value: Any) -> str | None:
+    """The ``text/html`` a rich object shows in a notebook (``_repr_mimebundle_`` or ``_repr_html_``)."""
+    try:
+        bundle = value._repr_mimebundle_() if callable(getattr(value, "_repr_mimebundle_", None)) else None
+        data = bundle[0] if isinstance(bundle, tuple) else bundle
+        if isinstance(data, dict) and isinstance(data.get("text/html"), str):
+            return data["text/html"]
+        html = value._repr_html_() if callable(getattr(value, "_repr_html_", None)) else None
+        return html if isinstance(html, str) else None
+    except Exception:  # a broken repr must not lose the run: the placeholder keeps its type
+        return None
 
 
 def _hashable(value: Any) -> Any:

@@ -62,6 +62,7 @@ class RunRecord:
     tags: Sequence[str] = ()
     note: str = ""
     metrics: list[tuple[str, int | None, float, float]] = field(default_factory=list)  # name, step, value, time
+    figures: list[Any] = field(default_factory=list)  # figures drawn during the run (bokeh, matplotlib...)
     uid: str = field(default_factory=lambda: uuid.uuid4().hex)
     placeholders: list[str] = field(default_factory=list)  # filled by Store.record: result types not serialised
 
@@ -113,6 +114,7 @@ class Run:
     tags: list[str]
     note: str
     metrics: pd.DataFrame
+    figures: list[Any] = field(default_factory=list)
 
 
 @dataclass(repr=False)

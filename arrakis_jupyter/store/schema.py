@@ -85,8 +85,11 @@ def _script(sql: str) -> Callable[[sqlite3.Connection], None]:
     return apply
 
 
+# v2: figures drawn during a run (bench.plot_results), encoded like results.
+SCHEMA_V2 = "ALTER TABLE runs ADD COLUMN figures TEXT"
+
 # MIGRATIONS[v] turns a version v-1 store into a version v store (inside one transaction).
-MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _script(SCHEMA_V1)}
+MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _script(SCHEMA_V1), 2: _script(SCHEMA_V2)}
 SCHEMA_VERSION = max(MIGRATIONS)
 
 

@@ -131,12 +131,13 @@ class Store:
         result = json.dumps(encoder(rec.result), allow_nan=False)
         rec.placeholders = list(encoder.placeholders)
         arguments = json.dumps(encoder(rec.arguments), allow_nan=False) if rec.arguments is not None else None
+        figures = json.dumps(encoder(list(rec.figures)), allow_nan=False) if rec.figures else None
         digest = source_hash(rec.source)
         row = {"uid": rec.uid, "started": rec.started, "duration": rec.duration, "status": rec.status,
                "error": rec.error, "arguments": arguments, "result": result, "result_type": describe(rec.result),
                "stdout": rec.stdout, "stderr": rec.stderr, "model": _json(rec.model),
                "environment": _json(rec.environment), "notebook": rec.notebook, "cell_id": rec.cell_id,
-               "note": rec.note or ""}
+               "note": rec.note or "", "figures": figures}
         with self._write() as c:
             run_id = self._insert_run(c, rec.name, rec.started, digest, rec.kind, rec.source, rec.started,
                                       rec.started, row)
@@ -144,7 +145,7 @@ class Store:
         return run_id
 
     RUN_COLUMNS = ("uid", "started", "duration", "status", "error", "arguments", "result", "result_type", "stdout",
-                   "stderr", "model", "environment", "notebook", "cell_id", "note")
+                   "stderr", "model", "environment", "notebook", "cell_id", "note", "figures")
 
     @classmethod
     def _insert_run(cls, c: sqlite3.Connection, name: str, created: float, digest: str, kind: str, source: str,
@@ -355,7 +356,7 @@ class Store:
         return Run(r["id"], r["uid"], r["name"], r["hash"], to_timestamps(pd.Series([r["started"]]))[0], r["duration"],
                    r["status"], r["error"], self._decode(r["arguments"]), self._decode(r["result"]), r["result_type"],
                    r["stdout"] or "", r["stderr"] or "", _unjson(r["model"]), _unjson(r["environment"]), r["notebook"],
-                   r["cell_id"], tags, r["note"], metrics)
+                   r["cell_id"], tags, r["note"], metrics, self._decode(r["figures"]) or [])
 
     def _decode(self, text: str | None) -> Any:
         return decode(json.loads(text), self.files) if text is not None else None
