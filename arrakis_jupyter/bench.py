@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from . import tools as _tools  # noqa: F401  (importing the package registers the built-in tools)
 from .errors import ArrakisKeyError, ArrakisValueError, close_matches
-from .recording import Recorder, active_run, log_metric
+from .recording import Recorder, active_run, log_metric, record_figure
 from .store import Store, default_store_dir
 from .tools.registry import get_tool_class, registry
 
@@ -72,6 +72,9 @@ class BaseInterpretabilityBench:
         self.save_dir = pathlib.Path(save_dir) if save_dir is not None else default_store_dir()
         self.tools = ToolDict(model)
         self._store: Store | None = None
+        from .plots import BokehWrapper
+
+        self._plotting_lib: Any = BokehWrapper
 
     @property
     def store(self) -> Store:
@@ -196,6 +199,45 @@ class BaseInterpretabilityBench:
                     return _attach(result, "hypothesis_test", test.to_dict())
 
                 return self._recorded(func, args, kwargs, body)
+
+            return wrapper
+
+        return decorator
+
+    # ---- plots ----------------------------------------------------------------------------------
+    def set_plotting_lib(self, lib: Any) -> None:
+        """The plotting wrapper ``plot_results`` draws with: ``BokehWrapper`` (default) or ``MatplotlibWrapper``."""
+        from .plots import PlotWrapper
+
+        if not (isinstance(lib, type) and issubclass(lib, PlotWrapper)) and not isinstance(lib, PlotWrapper):
+            raise ArrakisValueError(f"the plotting library must be BokehWrapper, MatplotlibWrapper or another "
+                                    f"arrakis_jupyter.plots.PlotWrapper, got {lib!r}")
+        lib.check_available()
+        self._plotting_lib = lib
+
+    def plot_results(self, *plots: Any, input_ids: Any, **kwargs: Any) -> Callable:
+        """Decorator (Arrakis): run the model on ``input_ids`` once, draw each ``PlotSpec`` with the plotting
+        library and call the function with ``fig=`` (one figure, or a list for several specs). Inside a
+        ``%%arrakis`` cell or a logged function the figures are recorded with the run."""
+        from .plots import PlotSpec
+
+        if not plots or not all(isinstance(p, PlotSpec) for p in plots):
+            raise ArrakisValueError(f"plot_results takes one or more PlotSpec(...), got {plots!r}")
+        keys = [k for p in plots for k in p.data_keys]
+        names = sorted(set(keys)) if all(p.data_keys for p in plots) else None  # plot types with defaults need all
+
+        def decorator(func: Callable) -> Callable:
+            @functools.wraps(func)
+            def wrapper(*args: Any, **kw: Any) -> Any:
+                import torch
+
+                with torch.no_grad():
+                    _, cache = self.model.run_with_cache(input_ids, names_filter=names)
+                figs = [self._plotting_lib.plot(cache=cache, spec=p, model=self.model, tokens=input_ids, **kwargs)
+                        for p in plots]
+                for fig in figs:
+                    record_figure(fig)
+                return func(*args, fig=figs[0] if len(figs) == 1 else figs, **kw)
 
             return wrapper
 

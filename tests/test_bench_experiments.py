@@ -136,3 +136,39 @@ def test_fingerprint_changes_with_weights_not_with_copies(model):
     edited = clone.fingerprint()
     assert edited["weight_hash"] != fp["weight_hash"] and edited["config_hash"] == fp["config_hash"]
     assert tiny("llama").fingerprint()["config_hash"] != fp["config_hash"]
+
+
+def test_plot_results_passes_the_figure_and_records_it_with_the_run(exp, model):
+    from bokeh.models import LayoutDOM
+
+    from arrakis_jupyter.plots import BokehWrapper, MatplotlibWrapper, PlotSpec
+    from arrakis_jupyter.store import StoredFigure
+
+    tokens = torch.tensor([[1, 2, 3, 4]])
+
+    @exp.log_experiment
+    @exp.plot_results(PlotSpec(plot_type="attention", data_keys=["blocks.0.attn.hook_pattern"], head=1),
+                      PlotSpec("residual_stream", ["blocks.0.hook_resid_post", "blocks.1.hook_resid_post"]),
+                      input_ids=tokens)
+    def plotting(fig=None):
+        return {"n": len(fig)}
+
+    assert plotting() == {"n": 2}
+    run = exp.store.last_run("plotting")
+    assert len(run.figures) == 2 and all(isinstance(f, StoredFigure) and f.kind == "html" for f in run.figures)
+
+    @exp.plot_results(PlotSpec("attention", "blocks.1.attn.hook_pattern"), input_ids=tokens)
+    def one(fig=None):
+        return fig
+
+    assert isinstance(one(), LayoutDOM)  # outside a recorded run: drawn, not stored
+    with pytest.raises(ArrakisValueError, match="must be BokehWrapper, MatplotlibWrapper"):
+        exp.set_plotting_lib("plotly")
+    with pytest.raises(ArrakisValueError, match="takes one or more PlotSpec"):
+        exp.plot_results("attention", input_ids=tokens)
+    exp.set_plotting_lib(BokehWrapper)
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        with pytest.raises(ImportError, match="pip install matplotlib"):
+            exp.set_plotting_lib(MatplotlibWrapper)
