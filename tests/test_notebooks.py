@@ -16,12 +16,14 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 NOTEBOOKS = {"01_quickstart.ipynb": ("QUICKSTART", ["Paris", "P(Paris) ablated", "[arrakis] ablate_head v1"]),
              "02_circuits.ipynb": ("CIRCUITS", ["L18H6", "sum of parts 6.1196  logit difference 6.1196", "clean p"]),
              "03_versions.ipynb": ("VERSIONS", ["[arrakis] induction_loss v2", "[arrakis] induction_loss v1",
-                                                "+block = torch.randint(1000, 10000, (1, 40))", "reject_null"])}
+                                                "+block = torch.randint(1000, 10000, (1, 40))", "reject_null"]),
+             "04_widgets.ipynb": ("WIDGETS", ["logit difference 6.1196", "HeadExplorer", "PatchingView"])}
 # What each notebook leaves in the store: experiment -> runs per version (oldest first)
 RECORDED = {"01_quickstart.ipynb": {"capital_of_france": [1], "ablate_head": [1]},
             "02_circuits.ipynb": {"induction_heads": [1], "ioi_logit_diff": [1], "ioi_head_dla": [1],
                                   "ioi_resid_patching": [1], "ioi_head_patching": [1], "eiffel_tracing": [1]},
-            "03_versions.ipynb": {"induction_loss": [1, 2], "induction_head_matters": [1]}}
+            "03_versions.ipynb": {"induction_loss": [1, 2], "induction_head_matters": [1]},
+            "04_widgets.ipynb": {}}
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
