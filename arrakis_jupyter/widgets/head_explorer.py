@@ -23,14 +23,12 @@ class _Stop(Exception):
     """Raised by a hook to end a forward pass once the layer it needs has run."""
 
 
-def head_grid_scores(model: Any, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
+def head_grid_scores(model: Any, tokens: torch.Tensor, top: int) -> dict[str, torch.Tensor]:
     """The explorer's default colourings, [n_layers, n_heads] each: the attention tool's head scores
-    (on repeated random tokens) and each head's direct logit attribution to the model's top
-    prediction at the last position of ``tokens``."""
+    (on repeated random tokens) and each head's direct logit attribution to ``top`` (the model's top
+    prediction) at the last position of ``tokens``."""
     table = AttentionTools(model).head_score_table(("induction", "previous_token", "duplicate_token", "bos"))
     scores = {kind: table.values[i] for i, kind in enumerate(table.coords["score"])}
-    with torch.no_grad():
-        top = int(model(tokens)[0, -1].argmax())
     dla = LogitAttributor(model).logit_attribution(tokens, top)
     scores[f"dla {model.to_string(top)!r}" if model.tokenizer is not None else f"dla {top}"] = dla_by_head(model, dla)
     return scores
@@ -87,12 +85,15 @@ class HeadExplorer(ArrakisWidget):
         tool = AttentionTools(model)
         tokens = tool.one_sequence(text_or_tokens)  # validates (context length, ids)
         user = _as_score_dict(model, scores)
-        grids = {**user, **(head_grid_scores(model, tokens) if default_scores else {})}
-        if not grids:
+        if not user and not default_scores:
             raise ArrakisValueError("no scores to colour the grid: pass scores=... or default_scores=True")
         self.model, self.token_ids = model, tokens
-        self.score_table = pd.concat({k: pd.DataFrame(v.numpy()) for k, v in grids.items()}, names=["score", "layer"])
         self._patterns: OrderedDict[int, torch.Tensor] = OrderedDict()  # layer -> [head, q, k]
+        layers = range(model.cfg.n_layers) if self._fits() else []  # patterns now when they fit: instant clicks
+        logits = self._compute(layers, logits=default_scores) if layers or default_scores else None
+        top = int(logits[0, -1].argmax()) if default_scores else 0
+        grids = {**user, **(head_grid_scores(model, tokens, top) if default_scores else {})}
+        self.score_table = pd.concat({k: pd.DataFrame(v.numpy()) for k, v in grids.items()}, names=["score", "layer"])
         super().__init__(n_layers=model.cfg.n_layers, n_heads=model.cfg.n_heads, tokens=tool.str_tokens(tokens),
                          score_names=list(grids), scores=f32(torch.stack(list(grids.values()))),
                          score=next(iter(grids)), title=title or f"{model.cfg.n_layers} layers × {model.cfg.n_heads} heads")
@@ -104,31 +105,37 @@ class HeadExplorer(ArrakisWidget):
         layer = check_index(layer, self.n_layers, "layer")
         head = check_index(head, self.n_heads, "head")
         if layer not in self._patterns:
-            self._compute(layer)
+            self._compute(range(self.n_layers) if self._fits() else [layer])
         self._patterns.move_to_end(layer)
         return self._patterns[layer][head]
 
-    def _compute(self, layer: int) -> None:
-        n = self.token_ids.shape[1]
-        all_layers = self.n_layers * self.n_heads * n * n * 4 <= PATTERN_CACHE_MIB * 2**20
-        wanted = range(self.n_layers) if all_layers else [layer]
+    def _fits(self) -> bool:
+        n, cfg = self.token_ids.shape[1], self.model.cfg
+        return cfg.n_layers * cfg.n_heads * n * n * 4 <= PATTERN_CACHE_MIB * 2**20
+
+    def _compute(self, layers: Any, logits: bool = False) -> torch.Tensor | None:
+        """Patterns of ``layers`` into the cache (one pass, stopped after the last one unless ``logits``)."""
+        layers = list(layers)
         got: dict[int, torch.Tensor] = {}
 
         def save(pattern: torch.Tensor, hook) -> None:
             got[hook.layer()] = pattern[0].detach().float().cpu().clone()
-            if len(got) == len(wanted):
+            if len(got) == len(layers) and not logits:
                 raise _Stop  # nothing later is needed
 
-        names = [f"blocks.{i}.attn.hook_pattern" for i in wanted]
+        hooks = [(f"blocks.{i}.attn.hook_pattern", save) for i in layers]
+        out = None
         try:
             with torch.no_grad():
-                self.model.run_with_hooks(self.token_ids, [(name, save) for name in names], return_type=None)
+                out = self.model.run_with_hooks(self.token_ids, hooks, return_type="logits" if logits else None)
         except _Stop:
             pass
         self._patterns.update(got)
-        keep = max(1, (PATTERN_CACHE_MIB * 2**20) // (self.n_heads * n * n * 4))
+        n = self.token_ids.shape[1]
+        keep = max(1, (PATTERN_CACHE_MIB * 2**20) // (self.model.cfg.n_heads * n * n * 4))
         while len(self._patterns) > keep:
             self._patterns.popitem(last=False)
+        return out
 
     def _on_msg(self, _widget: Any, content: Any, _buffers: Any) -> None:
         if not isinstance(content, dict) or content.get("type") != "pattern":
