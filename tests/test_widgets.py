@@ -174,3 +174,18 @@ def test_every_widget_has_a_static_fallback_and_embeds_its_state():
     ipywidgets.embed.embed_minimal_html(out, views=[widgets[0]], title="x")
     text = out.getvalue()
     assert '"n_layers": 2' in text and '"score_names"' in text and "application/vnd.jupyter.widget-state+json" in text
+
+
+@pytest.mark.slow
+def test_patching_view_of_a_default_model_result(default_model):
+    corrupted = "When Mary and John went to the store, Mary gave a drink to"
+    mary, john = default_model.to_single_token(" Mary"), default_model.to_single_token(" John")
+    result = CausalTracer(default_model).patch(IOI, corrupted, lambda l: l[0, -1, mary] - l[0, -1, john], hook="z",
+                                               by="head", layers=[17, 18], progress=False)
+    view = PatchingView(result)
+    assert (view.rows, view.cols) == (["17", "18"], [str(h) for h in range(9)])
+    np.testing.assert_array_equal(f32(view.values, 2, 9), result.values.numpy())
+    assert view.symmetric == bool(result.values.min() < 0 < result.values.max())
+    resid = CausalTracer(default_model).patch(IOI, corrupted, lambda l: l[0, -1, mary] - l[0, -1, john],
+                                              layers=[0], progress=False)
+    assert PatchingView(resid).cols == [str(x) for x in resid.labels("pos")] and len(PatchingView(resid).cols) == 14

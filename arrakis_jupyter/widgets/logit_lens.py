@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import traitlets
 
-from ..tools.logit_lens import LensTable, LogitLens
+from ..tools.logit_lens import LogitLens
 from .base import STATIC, ArrakisWidget, f32, i32
 from .png import heatmap_png, png_img_tag
 

@@ -6,7 +6,6 @@ from typing import Any
 
 import ipywidgets
 import numpy as np
-import torch
 import traitlets
 
 from ..tools.logit_attribution import LogitAttribution, LogitAttributor
