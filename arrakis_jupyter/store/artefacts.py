@@ -18,13 +18,13 @@ import math
 import os
 import pathlib
 import re
+import sys
 import tempfile
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 
 from .hashing import content_hash
 
@@ -96,6 +96,12 @@ class ArtefactFiles:
         return self.root / digest[:2] / f"{digest}{EXTENSIONS[kind]}"
 
 
+def is_tensor(value: Any) -> bool:
+    """A torch tensor? (without importing torch: if torch was never imported, nothing is a tensor)."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(value, torch.Tensor)
+
+
 def type_name(value: Any) -> str:
     cls = type(value)
     return cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
@@ -132,7 +138,7 @@ class Encoder:
             return float(value) if math.isfinite(value) else _node("float", value=repr(float(value)))
         if isinstance(value, np.generic) and not isinstance(value, np.void):
             return self.encode(value.item(), depth)
-        if isinstance(value, torch.Tensor):
+        if is_tensor(value):
             return self.tensor(value)
         if isinstance(value, np.ndarray):
             return self.ndarray(value, depth)
@@ -167,7 +173,7 @@ class Encoder:
             return {k: self.encode(v, depth + 1) for k, v in value.items()}
         return _node("dict", items=[[self.encode(k, depth + 1), self.encode(v, depth + 1)] for k, v in value.items()])
 
-    def tensor(self, value: torch.Tensor) -> Any:
+    def tensor(self, value: Any) -> Any:
         if value.is_sparse or value.device.type == "meta" or value.is_quantized:
             return self.placeholder(value, f"{value.layout} / {value.device.type} tensors are not stored")
         from safetensors.torch import save
@@ -324,7 +330,7 @@ def _trusted_class(qualified: str) -> type | None:
 
 def describe(value: Any) -> str:
     """A short label of a result's type for tables: ``float``, ``Tensor[2, 3] float32``, ``DataFrame 10×3``."""
-    if isinstance(value, torch.Tensor):
+    if is_tensor(value):
         return f"Tensor{list(value.shape)} {str(value.dtype).replace('torch.', '')}"
     if isinstance(value, np.ndarray):
         return f"ndarray{list(value.shape)} {value.dtype}"

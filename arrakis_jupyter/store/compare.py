@@ -6,15 +6,14 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 
-from .artefacts import describe
+from .artefacts import describe, is_tensor
 
 MAX_ROWS = 200
 
 
 def _short(value: Any) -> str:
-    if isinstance(value, (torch.Tensor, np.ndarray, pd.DataFrame, pd.Series)) or value is None:
+    if is_tensor(value) or isinstance(value, (np.ndarray, pd.DataFrame, pd.Series)) or value is None:
         return describe(value) if value is not None else "None"
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
@@ -25,8 +24,8 @@ def _number(value: Any) -> bool:
 
 
 def _array_diff(a: Any, b: Any) -> tuple[bool, float]:
-    x = a.detach().double().cpu().numpy() if isinstance(a, torch.Tensor) else np.asarray(a, dtype=float)
-    y = b.detach().double().cpu().numpy() if isinstance(b, torch.Tensor) else np.asarray(b, dtype=float)
+    x = a.detach().double().cpu().numpy() if is_tensor(a) else np.asarray(a, dtype=float)
+    y = b.detach().double().cpu().numpy() if is_tensor(b) else np.asarray(b, dtype=float)
     if x.shape != y.shape:
         return False, math.nan
     diff = float(np.nanmax(np.abs(x - y))) if x.size else 0.0
@@ -56,8 +55,10 @@ def _walk(a: Any, b: Any, path: str, rows: list[dict]) -> None:
 
 
 def _leaf(a: Any, b: Any) -> tuple[bool, float]:
-    arrays = (torch.Tensor, np.ndarray)
-    if isinstance(a, arrays) and isinstance(b, arrays):
+    def array(v: Any) -> bool:
+        return is_tensor(v) or isinstance(v, np.ndarray)
+
+    if array(a) and array(b):
         try:
             return _array_diff(a, b)
         except (TypeError, ValueError):

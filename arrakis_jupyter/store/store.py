@@ -14,6 +14,7 @@ import difflib
 import json
 import os
 import pathlib
+import re
 import sqlite3
 import threading
 import time
@@ -340,23 +341,51 @@ class Store:
         df["tags"] = df["tags"].map(_split_tags)
         return df
 
-    def run(self, run_id: int) -> Run:
-        """One run in full, with its result decoded (tensors, DataFrames and figures read from their files)."""
+    def raw_run(self, run_id: int) -> dict[str, Any]:
+        """One run as plain JSON-able data: results, arguments and figures as their stored JSON trees
+        (artefacts referenced, not loaded), times as ISO strings; ``artefact_list`` [(hash, kind)]."""
         rows = self._query("SELECT r.*, v.hash, e.name FROM runs r JOIN versions v ON v.id = r.version_id "
                            "JOIN experiments e ON e.id = v.experiment_id WHERE r.id = ?", (self._run_id(run_id),))
         if not rows:
             raise ArrakisKeyError(f"no run with id {run_id} in {self.root}")
         r = rows[0]
-        tags = [t[0] for t in self._query("SELECT tag FROM tags WHERE run_id = ? ORDER BY tag", (run_id,))]
-        metrics = pd.DataFrame([dict(m) for m in self._query(
-            "SELECT name, step, value, logged FROM metrics WHERE run_id = ? ORDER BY rowid", (run_id,))],
-            columns=["name", "step", "value", "logged"])
-        metrics["logged"] = to_timestamps(metrics["logged"])
+        iso = lambda t: pd.Timestamp(t, unit="s", tz="UTC").isoformat()  # noqa: E731
+        return {
+            "run_id": r["id"], "uid": r["uid"], "name": r["name"], "hash": r["hash"], "started": iso(r["started"]),
+            "duration_s": r["duration"], "status": r["status"], "error": r["error"],
+            "arguments": _unjson(r["arguments"]), "result": _unjson(r["result"]), "result_type": r["result_type"],
+            "stdout": r["stdout"] or "", "stderr": r["stderr"] or "", "model": _unjson(r["model"]),
+            "environment": _unjson(r["environment"]), "notebook": r["notebook"], "cell_id": r["cell_id"],
+            "tags": [t[0] for t in self._query("SELECT tag FROM tags WHERE run_id = ? ORDER BY tag", (run_id,))],
+            "note": r["note"], "figures": _unjson(r["figures"]) or [],
+            "metrics": [{"name": m["name"], "step": m["step"], "value": m["value"], "logged": iso(m["logged"])}
+                        for m in self._query("SELECT name, step, value, logged FROM metrics WHERE run_id = ? "
+                                             "ORDER BY rowid", (run_id,))],
+            "artefact_list": [(a["hash"], a["kind"]) for a in self._query(
+                "SELECT a.hash, a.kind FROM artefacts a JOIN run_artefacts ra ON ra.hash = a.hash WHERE ra.run_id = ?",
+                (run_id,))],
+        }
+
+    def run(self, run_id: int) -> Run:
+        """One run in full, with its result decoded (tensors, DataFrames and figures read from their files)."""
+        r = self.raw_run(run_id)
+        metrics = pd.DataFrame(r["metrics"], columns=["name", "step", "value", "logged"])
+        metrics["logged"] = pd.to_datetime(metrics["logged"], utc=True)
         metrics["step"] = metrics["step"].astype("Int64")
-        return Run(r["id"], r["uid"], r["name"], r["hash"], to_timestamps(pd.Series([r["started"]]))[0], r["duration"],
-                   r["status"], r["error"], self._decode(r["arguments"]), self._decode(r["result"]), r["result_type"],
-                   r["stdout"] or "", r["stderr"] or "", _unjson(r["model"]), _unjson(r["environment"]), r["notebook"],
-                   r["cell_id"], tags, r["note"], metrics, self._decode(r["figures"]) or [])
+        decode_tree = lambda tree: decode(tree, self.files) if tree is not None else None  # noqa: E731
+        return Run(r["run_id"], r["uid"], r["name"], r["hash"], pd.Timestamp(r["started"]), r["duration_s"],
+                   r["status"], r["error"], decode_tree(r["arguments"]), decode_tree(r["result"]), r["result_type"],
+                   r["stdout"], r["stderr"], r["model"], r["environment"], r["notebook"], r["cell_id"], r["tags"],
+                   r["note"], metrics, decode_tree(r["figures"]) or [])
+
+    def artefact(self, digest: str) -> tuple[pathlib.Path, str]:
+        """(path, kind) of a stored artefact; unknown or malformed hashes raise."""
+        if not isinstance(digest, str) or not re.fullmatch(r"[0-9a-f]{64}", digest):
+            raise ArrakisValueError(f"an artefact is named by 64 lowercase hex digits, got {str(digest)[:80]!r}")
+        rows = self._query("SELECT kind FROM artefacts WHERE hash = ?", (digest,))
+        if not rows:
+            raise ArrakisKeyError(f"no artefact {digest} in {self.root}")
+        return self.files.path(digest, rows[0]["kind"]), rows[0]["kind"]
 
     def _decode(self, text: str | None) -> Any:
         return decode(json.loads(text), self.files) if text is not None else None
