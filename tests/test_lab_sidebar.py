@@ -85,7 +85,7 @@ def widen_sidebar(page, fraction: float = 0.42) -> None:
 def make_notebook(path: Path) -> None:
     nb = nbformat.v4.new_notebook()
     nb.cells = [nbformat.v4.new_code_cell("%load_ext arrakis_jupyter"),
-                nbformat.v4.new_code_cell("%%arrakis_log demo\nx = 1\nprint(x + 1)")]
+                nbformat.v4.new_code_cell("%%arrakis demo\nx = 1\nprint(x + 1)")]
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nbformat.write(nb, path)
 

@@ -79,6 +79,8 @@ async def test_experiments_versions_runs_and_a_version(jp_fetch, store):
     assert v1["source"] == "x = 1\nx" and v1["hash"] == versions["items"][0]["hash"]
     assert v1["metrics"] == [{"run_id": 1, "name": "loss", "step": 0, "value": 2.0}]
     assert [r["run_id"] for r in v1["runs"]] == [1]
+    assert [(a["run_id"], a["kind"]) for a in v1["artefacts"]] == [(1, "tensor")]
+    assert v1["artefacts"][0]["url"].endswith(f"arrakis/api/artefacts/{v1['artefacts'][0]['hash']}?dir=nb")
     by_prefix = await get(jp_fetch, "experiments", "ioi", "versions", v1["hash"][:6], dir="nb")
     assert by_prefix["v"] == 1
     spaced = await get(jp_fetch, "experiments", "other exp", "versions", dir="nb")

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import math
 from typing import Any
+from urllib.parse import quote
 
 import pandas as pd
 
@@ -60,12 +61,18 @@ def versions(store: Store, name: str, offset: int, limit: int) -> dict:
     return page(records(store.versions(name)), offset, limit)
 
 
-def version(store: Store, name: str, ref: str) -> dict:
+def artefact_url(base_url: str, digest: str, dir_: str) -> str:
+    return f"{base_url}arrakis/api/artefacts/{digest}?dir={quote(dir_)}"
+
+
+def version(store: Store, name: str, ref: str, base_url: str, dir_: str) -> dict:
     v = store.version(name, ref)
     metrics = store.metrics(name, v.hash)
     return {"name": v.name, "v": v.index, "hash": v.hash, "kind": v.kind, "source": v.source,
             "first_seen": _value(v.first_seen), "last_seen": _value(v.last_seen), "runs": records(v.runs),
-            "metrics": records(metrics.drop(columns=["version"]))}
+            "metrics": records(metrics.drop(columns=["version"])),
+            "artefacts": [{"run_id": run_id, "hash": h, "kind": kind, "url": artefact_url(base_url, h, dir_)}
+                          for run_id, h, kind in store.artefacts_of(name, v.hash)]}
 
 
 def runs(store: Store, name: str, args: dict[str, Any], offset: int, limit: int) -> dict:
@@ -76,7 +83,7 @@ def runs(store: Store, name: str, args: dict[str, Any], offset: int, limit: int)
 
 def run(store: Store, run_id: int, base_url: str, dir_: str) -> dict:
     raw = store.raw_run(run_id)
-    raw["artefacts"] = [{"hash": h, "kind": kind, "url": f"{base_url}arrakis/api/artefacts/{h}?dir={dir_}"}
+    raw["artefacts"] = [{"hash": h, "kind": kind, "url": artefact_url(base_url, h, dir_)}
                         for h, kind in raw.pop("artefact_list")]
     return raw
 

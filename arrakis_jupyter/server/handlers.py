@@ -163,7 +163,7 @@ class VersionHandler(ArrakisHandler):
     @tornado.web.authenticated
     @json_api
     def get(self, name: str, ref: str) -> dict:
-        return api.version(self.store(), self.name(name), ref)
+        return api.version(self.store(), self.name(name), ref, self.base_url, self.dir())
 
     @tornado.web.authenticated
     @json_api

@@ -378,6 +378,15 @@ class Store:
                    r["stdout"], r["stderr"], r["model"], r["environment"], r["notebook"], r["cell_id"], r["tags"],
                    r["note"], metrics, decode_tree(r["figures"]) or [])
 
+    def artefacts_of(self, name: str, hash: str) -> list[tuple[int, str, str]]:
+        """(run_id, artefact hash, kind) of every artefact the runs of one version hold."""
+        digest = self.resolve(name, hash)
+        rows = self._query("SELECT ra.run_id, a.hash, a.kind FROM run_artefacts ra JOIN artefacts a ON a.hash = ra.hash "
+                           "JOIN runs r ON r.id = ra.run_id JOIN versions v ON v.id = r.version_id JOIN experiments e "
+                           "ON e.id = v.experiment_id WHERE e.name = ? AND v.hash = ? ORDER BY ra.run_id",
+                           (name, digest))
+        return [(r["run_id"], r["hash"], r["kind"]) for r in rows]
+
     def artefact(self, digest: str) -> tuple[pathlib.Path, str]:
         """(path, kind) of a stored artefact; unknown or malformed hashes raise."""
         if not isinstance(digest, str) or not re.fullmatch(r"[0-9a-f]{64}", digest):
