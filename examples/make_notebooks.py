@@ -157,6 +157,15 @@ WIDGETS = [
              "hook='z', by='head')\nPatchingView(heads)"),
 ]
 
+# Kept to two code cells: tests/test_lab_sidebar.py drives exactly this notebook in JupyterLab.
+SIDEBAR = [
+    ("code", "%load_ext arrakis_jupyter\n"
+             "# Run this cell and the next one. Then edit `x = 1` below, run it again, and open the Experiments\n"
+             "# sidebar (the flask icon on the left): experiment `demo` has two versions; tick both and press\n"
+             "# Compare for the diff, or Insert to bring an old version back as a new cell."),
+    ("code", "%%arrakis demo\nx = 1\nprint(x + 1)"),
+]
+
 VERSIONS = [
     ("md", "# Versions of an experiment\n\nEvery run of a `%%arrakis` (or `%%arrakis_log`) cell is recorded in a "
            "SQLite store (`experiments/arrakis.db` beside the notebook, or `$ARRAKIS_HOME`): the cell's source is a "
@@ -223,3 +232,4 @@ if __name__ == "__main__":
     nbf.write(notebook(CIRCUITS), HERE / "02_circuits.ipynb")
     nbf.write(notebook(VERSIONS), HERE / "03_versions.ipynb")
     nbf.write(notebook(WIDGETS), HERE / "04_widgets.ipynb")
+    nbf.write(notebook(SIDEBAR), HERE / "05_sidebar.ipynb")

@@ -7,6 +7,7 @@ so what is tested is what ships in the wheel. Screenshots and timings land in te
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -83,11 +84,10 @@ def widen_sidebar(page, fraction: float = 0.42) -> None:
 
 
 def make_notebook(path: Path) -> None:
-    nb = nbformat.v4.new_notebook()
-    nb.cells = [nbformat.v4.new_code_cell("%load_ext arrakis_jupyter"),
-                nbformat.v4.new_code_cell("%%arrakis demo\nx = 1\nprint(x + 1)")]
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nbformat.write(nb, path)
+    """The example notebook of the sidebar (two code cells: load the magics, one %%arrakis cell)."""
+    shutil.copy(ROOT / "examples" / "05_sidebar.ipynb", path)
+    cells = nbformat.read(path, as_version=4).cells
+    assert [c.cell_type for c in cells] == ["code", "code"] and cells[1].source.startswith("%%arrakis demo")
 
 
 def test_sidebar_versions_diff_and_insert(tmp_path):
