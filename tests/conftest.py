@@ -16,6 +16,42 @@ import torch
 
 from arrakis_jupyter import HookedAutoConfig, HookedAutoModel
 
+# jupyter_server's test fixtures (jp_fetch...) for the server-extension tests. Its two autouse fixtures
+# would give every test of the session an asyncio loop and a ServerApp clean-up, which clashes with
+# Playwright's own loop in the browser tests: they are narrowed here to tests that use a server.
+pytest_plugins = ["pytest_jupyter.jupyter_server"]
+SERVER_FIXTURES = {"jp_fetch", "jp_serverapp", "jp_web_app", "http_server_client"}
+
+
+@pytest.fixture(autouse=True)
+def jp_asyncio_loop(request):
+    if SERVER_FIXTURES.isdisjoint(request.fixturenames):
+        yield None
+        return
+    from jupyter_core.utils import ensure_event_loop
+
+    loop = ensure_event_loop(prefer_selector_loop=True)
+    yield loop
+    loop.close()
+
+
+@pytest.fixture(autouse=True)
+def jp_server_cleanup(jp_asyncio_loop):
+    yield
+    if jp_asyncio_loop is None:
+        return
+    from jupyter_server.serverapp import ServerApp
+
+    app = ServerApp.instance()
+    try:
+        jp_asyncio_loop.run_until_complete(app._cleanup())
+    except (RuntimeError, SystemExit) as e:
+        print("ignoring cleanup error", e)
+    if hasattr(app, "kernel_manager"):
+        app.kernel_manager.context.destroy()
+    ServerApp.clear_instance()
+
+
 ARCHS = ["gpt2", "gpt-neo", "gpt-neox", "llama", "gemma", "phi3", "qwen2", "mistral", "stable-lm"]
 GQA = {"llama", "gemma", "phi3", "qwen2", "mistral", "stable-lm"}
 VOCAB = 101

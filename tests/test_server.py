@@ -12,9 +12,6 @@ from tornado.httpclient import HTTPClientError
 
 from arrakis_jupyter.store import RunRecord, Store
 
-pytest_plugins = ["pytest_jupyter.jupyter_server"]
-
-
 @pytest.fixture(autouse=True)
 def store_beside_notebooks(monkeypatch):
     monkeypatch.delenv("ARRAKIS_HOME", raising=False)  # stores live in <dir>/experiments

