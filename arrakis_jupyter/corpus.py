@@ -16,7 +16,7 @@ import gzip
 import json
 import re
 import textwrap
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
 
@@ -92,64 +92,70 @@ def check_texts(corpus: Any, what: str = "corpus") -> Iterable[str]:
 
 @dataclass
 class TokenBatch:
-    """A padded batch: ``tokens`` [batch, pos] (right-padded), ``attention_mask`` [batch, pos] (1 = real token)."""
+    """A padded batch: ``tokens`` [batch, pos] (right-padded), ``attention_mask`` [batch, pos] (1 = real token),
+    ``origins`` [(text index, first token's position in that text)] per row."""
 
     tokens: torch.Tensor
     attention_mask: torch.Tensor
+    origins: list[tuple[int, int]] = field(default_factory=list)
 
     @property
     def n_tokens(self) -> int:
         return int(self.attention_mask.sum())
 
 
-def _windows(ids: list[int], max_length: int) -> Iterator[list[int]]:
-    for start in range(0, len(ids), max_length):
-        yield ids[start:start + max_length]
+def _item_ids(model: "HookedAutoModel", item: Any, index: int) -> list[int]:
+    """One corpus item's token ids: a text (tokenised as ``model.to_tokens`` does) or a 1-D id tensor."""
+    if isinstance(item, str):
+        return model.to_tokens(item)[0].tolist() if item.strip() else []
+    if isinstance(item, torch.Tensor) and item.ndim <= 1:
+        return model._as_tokens(item)[0].tolist() if item.numel() else []
+    raise ArrakisValueError(f"corpus item {index} is a {type(item).__name__}, not a string (or a 1-D tensor of "
+                            "token ids)")
 
 
 def token_batches(model: "HookedAutoModel", corpus: Iterable[str], batch_size: int = 8, max_length: int = 128,
-                  max_tokens: int | None = None, progress: bool = True) -> Iterator[TokenBatch]:
-    """Tokenise ``corpus`` lazily into padded batches of ``batch_size`` windows of at most ``max_length`` tokens
-    (a BOS token is prepended where the model's tokenizer does so), stopping after ``max_tokens`` tokens."""
+                  max_tokens: int | None = None, progress: bool = True, min_window: int = 2) -> Iterator[TokenBatch]:
+    """Tokenise ``corpus`` (texts, or 1-D token-id tensors) lazily into padded batches of ``batch_size`` windows
+    of at most ``max_length`` tokens (a BOS token is prepended where the model's tokenizer does so), stopping
+    after ``max_tokens`` tokens. Windows shorter than ``min_window`` are skipped (2: something to predict)."""
     corpus = check_texts(corpus)
-    if not isinstance(batch_size, int) or batch_size < 1:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ArrakisValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    if not isinstance(max_length, int) or not 2 <= max_length <= model.cfg.n_ctx:
-        raise ArrakisValueError(f"max_length must be an int in [2, {model.cfg.n_ctx}] (the model's context), "
-                                f"got {max_length!r}")
+    if isinstance(max_length, bool) or not isinstance(max_length, int) or \
+            not max(1, min_window) <= max_length <= model.cfg.n_ctx:
+        raise ArrakisValueError(f"max_length must be an int in [{max(1, min_window)}, {model.cfg.n_ctx}] (the "
+                                f"model's context), got {max_length!r}")
     from tqdm.auto import tqdm
 
     bar = tqdm(total=max_tokens, desc="tokens", unit="tok", disable=not progress)
-    pad = 0
-    pending: list[list[int]] = []
+    pending: list[tuple[list[int], int, int]] = []
     seen = texts = 0
 
     def flush() -> TokenBatch:
-        width = max(map(len, pending))
-        tokens = torch.full((len(pending), width), pad, dtype=torch.long)
+        width = max(len(row) for row, _, _ in pending)
+        tokens = torch.zeros((len(pending), width), dtype=torch.long)  # right padding with id 0, masked out
         mask = torch.zeros((len(pending), width), dtype=torch.long)
-        for i, row in enumerate(pending):
+        for i, (row, _, _) in enumerate(pending):
             tokens[i, :len(row)] = torch.tensor(row)
             mask[i, :len(row)] = 1
+        origins = [(t, start) for _, t, start in pending]
         pending.clear()
-        return TokenBatch(tokens.to(model.device), mask.to(model.device))
+        return TokenBatch(tokens.to(model.device), mask.to(model.device), origins)
 
     try:
-        for text in corpus:
-            if not isinstance(text, str):
-                raise ArrakisValueError(f"corpus item {texts} is a {type(text).__name__}, not a string")
+        for text_index, item in enumerate(corpus):
+            ids = _item_ids(model, item, text_index)
             texts += 1
-            if not text.strip():
-                continue
-            ids = model.to_tokens(text)[0].tolist()
-            for window in _windows(ids, max_length):
-                if len(window) < 2:
-                    continue  # nothing to predict in a one-token window
+            for start in range(0, len(ids), max_length):
+                window = ids[start:start + max_length]
+                if len(window) < min_window:
+                    continue  # e.g. nothing to predict in a one-token window
                 if max_tokens is not None and seen + len(window) > max_tokens:
                     window = window[:max_tokens - seen]
-                    if len(window) < 2:
+                    if len(window) < max(1, min_window):
                         break
-                pending.append(window)
+                pending.append((window, text_index, start))
                 seen += len(window)
                 bar.update(len(window))
                 if len(pending) == batch_size:
@@ -166,7 +172,8 @@ def token_batches(model: "HookedAutoModel", corpus: Iterable[str], batch_size: i
         raise ArrakisValueError("the corpus is empty: pass an iterable of at least one non-empty string "
                                 "(arrakis_jupyter.corpus.default() is a ready-made one)")
     if seen == 0:
-        raise ArrakisValueError("the corpus has no text with at least two tokens")
+        raise ArrakisValueError(f"the corpus has no text with at least {max(1, min_window)} token"
+                                f"{'s' if min_window > 1 else ''}")
 
 
 def stream_activations(model: "HookedAutoModel", corpus: Iterable[str], hooks: Sequence[str] | str,

@@ -85,6 +85,15 @@ def default_model():
     return load_model()
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """torch on one thread for a module: on a loaded 2-core machine two threads spin against each other."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)
+
+
 def offline_guard(mp: pytest.MonkeyPatch) -> None:
     """Make any hub or network access fail loudly (TransformerLens's bridge must run offline)."""
     mp.setenv("HF_HUB_OFFLINE", "1")

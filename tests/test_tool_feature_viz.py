@@ -19,12 +19,7 @@ from arrakis_jupyter.tools.registry import get_tool_class
 HOOK, NEURON, K, MAX_TOKENS, MAX_LEN = "blocks.5.mlp.hook_post", 100, 8, 1200, 128
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest
 
 
 @pytest.fixture(scope="module")
@@ -144,9 +139,9 @@ def test_errors(fv, texts, default_model):
         fv.activate_neuron(texts, HOOK, d)
     with pytest.raises(HookNameError, match=r"'blocks\.5\.mlp\.hook_post'"):
         fv.activate_neuron(texts, "blocks.5.mlp.hook_pots", 0)
-    with pytest.raises(ArrakisValueError, match="input_ids is empty"):
+    with pytest.raises(ArrakisValueError, match="the corpus is empty"):
         fv.activate_neuron([], HOOK, 0, progress=False)
-    with pytest.raises(ArrakisValueError, match="no tokens"):
+    with pytest.raises(ArrakisValueError, match="has no text with at least 1 token"):
         fv.activate_neuron(["", "  "], HOOK, 0, progress=False)
     with pytest.raises(ArrakisValueError, match="top_k must be a positive int, got 0"):
         fv.activate_neuron(texts, HOOK, 0, top_k=0)

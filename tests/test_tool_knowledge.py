@@ -16,12 +16,7 @@ from arrakis_jupyter.tools.knowledge import KnowledgeProber, ProbeResult
 from arrakis_jupyter.tools.registry import get_tool_class
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest
 
 
 @pytest.fixture(scope="module")

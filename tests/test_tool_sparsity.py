@@ -361,7 +361,7 @@ def test_bad_input_is_named(default_model):
         tool.compute_activation_sparsity([torch.tensor([], dtype=torch.long)], 0, threshold=0.1, progress=False)
     with pytest.raises(ArrakisValueError, match="got a single string; wrap it in a list"):
         SparsityAnalyzer(default_model).compute_activation_sparsity("one text", 0)
-    with pytest.raises(ArrakisValueError, match="the corpus has no text with at least two tokens"):
+    with pytest.raises(ArrakisValueError, match="the corpus has no text with at least 2 tokens"):
         SparsityAnalyzer(default_model).compute_activation_sparsity(["", "   "], 0, threshold=0.1, progress=False)
     with pytest.raises(ArrakisValueError, match=r"threshold must be a number in \[0, inf\).*got -0.1"):
         tool.compute_activation_sparsity(inputs, 0, threshold=-0.1)

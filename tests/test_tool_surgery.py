@@ -32,13 +32,7 @@ def make(arch: str) -> HookedAutoModel:
     return tiny(arch, num_hidden_layers=N, **OVERRIDES.get(arch, {}))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread here: on a shared 2-core machine OpenMP's spinning threads made this file 10x slower."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest
 
 
 @pytest.fixture(scope="module")

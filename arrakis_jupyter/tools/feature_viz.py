@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import html
 import math
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -160,71 +159,21 @@ class FeatureViz(BaseInterpretabilityTool):
         v[idx] = 1.0
         return idx, v
 
-    def _sequences(self, input_ids: Any) -> Iterator[list[int]]:
-        """Each text's token ids (texts tokenised lazily; tensor rows as they are)."""
+    @staticmethod
+    def _items(input_ids: Any) -> Any:
+        """The corpus items: texts, or one 1-D id tensor per row of the tensors given."""
         if isinstance(input_ids, torch.Tensor):
-            t = input_ids.reshape(1, -1) if input_ids.ndim == 1 else input_ids
-            items: Any = list(t)
-        elif isinstance(input_ids, (list, tuple)) and input_ids and isinstance(input_ids[0], torch.Tensor):
-            items = [row for x in input_ids for row in (x.reshape(1, -1) if x.ndim == 1 else x)]
-        else:
-            items = corpus_mod.check_texts(input_ids, "input_ids")
-        for i, item in enumerate(items):
-            if isinstance(item, str):
-                yield self.model.to_tokens(item)[0].tolist() if item.strip() else []
-            elif isinstance(item, torch.Tensor):
-                yield self.tokens(item)[0].tolist()
-            else:
-                raise ArrakisValueError(f"input_ids item {i} is a {type(item).__name__}; "
-                                        "pass texts or token-id tensors")
+            return list(input_ids.reshape(1, -1) if input_ids.ndim == 1 else input_ids)
+        if isinstance(input_ids, (list, tuple)) and input_ids and isinstance(input_ids[0], torch.Tensor):
+            return [row for x in input_ids for row in (x.reshape(1, -1) if x.ndim == 1 else x)]
+        return corpus_mod.check_texts(input_ids, "input_ids")
 
     def _batches(self, input_ids: Any, batch_size: int, max_length: int, max_tokens: int | None):
-        """Padded batches of windows: (tokens [b, pos], mask [b, pos], [(text_index, window_start)])."""
-        n_ctx = self.model.cfg.n_ctx
-        if not isinstance(max_length, int) or isinstance(max_length, bool) or not 1 <= max_length <= n_ctx:
-            raise ArrakisValueError(f"max_length must be an int in [1, {self.model.cfg.n_ctx}], got {max_length!r}")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ArrakisValueError(f"batch_size must be a positive int, got {batch_size!r}")
-        pending: list[tuple[list[int], int, int]] = []
-        seen = n_texts = 0
+        """Padded batches of windows (one-token windows kept): (tokens, mask, [(text_index, window_start)])."""
+        for b in corpus_mod.token_batches(self.model, self._items(input_ids), batch_size, max_length, max_tokens,
+                                          progress=False, min_window=1):
+            yield b.tokens, b.attention_mask, b.origins
 
-        def flush():
-            width = max(len(w) for w, _, _ in pending)
-            tokens = torch.zeros((len(pending), width), dtype=torch.long)
-            mask = torch.zeros((len(pending), width), dtype=torch.long)
-            for r, (w, _, _) in enumerate(pending):
-                tokens[r, :len(w)] = torch.tensor(w)
-                mask[r, :len(w)] = 1
-            where = [(t, s) for _, t, s in pending]
-            pending.clear()
-            return tokens.to(self.model.device), mask.to(self.model.device), where
-
-        for text_index, ids in enumerate(self._sequences(input_ids)):
-            n_texts += 1
-            for start in range(0, len(ids), max_length):
-                window = ids[start:start + max_length]
-                if max_tokens is not None:
-                    window = window[:max_tokens - seen]
-                if not window:
-                    break
-                pending.append((window, text_index, start))
-                seen += len(window)
-                if len(pending) == batch_size:
-                    yield flush()
-                if max_tokens is not None and seen >= max_tokens:
-                    break
-            if max_tokens is not None and seen >= max_tokens:
-                break
-        if pending:
-            yield flush()
-        if n_texts == 0:
-            raise ArrakisValueError("input_ids is empty: pass at least one non-empty text or token sequence "
-                                    "(arrakis_jupyter.corpus.default() is a ready-made corpus)")
-        if seen == 0:
-            raise ArrakisValueError("input_ids has no tokens: every text is empty")
-
-    # ---- max-activating examples --------------------------------------------------------------
-    @torch.no_grad()
     def activate_neuron(self, input_ids: Any, layer_name: int | str, neuron_idx: int | torch.Tensor,
                         top_k: int = 10, context: int = 8, batch_size: int = 8, max_length: int = 128,
                         max_tokens: int | None = None, progress: bool = True) -> MaxActivatingExamples:
