@@ -130,13 +130,14 @@ class BaseInterpretabilityBench:
 
     def list_versions(self, experiment_name: str) -> list[str]:
         """Version hashes of an experiment, oldest first (empty if it was never run)."""
-        if experiment_name not in set(self.store.experiments()["name"]):
+        try:
+            return list(self.store.versions(experiment_name)["hash"])
+        except ArrakisKeyError:  # never run
             return []
-        return list(self.store.versions(experiment_name)["hash"])
 
     def get_version(self, experiment_name: str, version_hash: str) -> dict[str, Any] | None:
         """A version as a dict: source, hash, first/last seen, runs, and the last run's args, kwargs, result."""
-        if experiment_name not in set(self.store.experiments()["name"]):
+        if not self.list_versions(experiment_name):
             return None
         v = self.store.version(experiment_name, version_hash)
         last = self.store.last_run(experiment_name, v.hash)

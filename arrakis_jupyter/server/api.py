@@ -90,7 +90,7 @@ def run(store: Store, run_id: int, base_url: str, dir_: str) -> dict:
 
 def diff(store: Store, name: str, a: str, b: str) -> dict:
     d = store.diff(name, a, b)
-    va, vb = store.version(name, d.a), store.version(name, d.b)
+    va, vb = d.version_a, d.version_b
     metrics = d.metrics.reset_index()
     metrics.columns = ["metric", "a", "b", "delta"]
     return {"name": name, "a": {"v": va.index, "hash": va.hash, "source": va.source},

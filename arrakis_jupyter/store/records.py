@@ -127,6 +127,8 @@ class VersionDiff:
     source_diff: str
     results: pd.DataFrame
     metrics: pd.DataFrame
+    version_a: Version
+    version_b: Version
 
     def _repr_html_(self) -> str:
         from .render import diff_html

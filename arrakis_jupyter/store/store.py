@@ -300,7 +300,7 @@ class Store:
     def version(self, name: str, ref: str) -> Version:
         """One version: its source and runs."""
         digest = self.resolve(name, ref)
-        index = int(self.versions(name).set_index("hash").loc[digest, "v"])
+        index = self.version_number(name, digest)
         (row,) = self._query("SELECT v.kind, v.source, v.first_seen, v.last_seen FROM versions v JOIN experiments e "
                              "ON e.id = v.experiment_id WHERE e.name = ? AND v.hash = ?", (name, digest))
         return Version(name, digest, index, row["kind"], row["source"], to_timestamps(pd.Series([row["first_seen"]]))[0],
@@ -431,7 +431,7 @@ class Store:
                             keys=[f"a (v{va.index})", f"b (v{vb.index})"])
         metrics["delta"] = metrics.iloc[:, 1] - metrics.iloc[:, 0]
         metrics.index.name = "metric"
-        return VersionDiff(name, va.hash, vb.hash, source_diff, results, metrics)
+        return VersionDiff(name, va.hash, vb.hash, source_diff, results, metrics, va, vb)
 
     # ---- portable archives --------------------------------------------------------------------
     def export(self, path: str | os.PathLike, names: Sequence[str] | None = None) -> pathlib.Path:
