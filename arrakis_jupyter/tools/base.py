@@ -1,6 +1,7 @@
 """The base of every MI tool, and the labelled result type tools return."""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
@@ -13,9 +14,18 @@ if TYPE_CHECKING:
     from ..model import HookedAutoModel
 
 
+_HEAD_LABEL = re.compile(r"L(\d+)H(\d+)")
+
+
 def head_label(layer: int, head: int) -> str:
     """``L3H5``: the label of head 5 of layer 3."""
     return f"L{layer}H{head}"
+
+
+def parse_head_label(label: str) -> tuple[int, int] | None:
+    """(layer, head) of a ``head_label`` such as ``L3H5``; None for any other label."""
+    match = _HEAD_LABEL.fullmatch(str(label))
+    return (int(match[1]), int(match[2])) if match else None
 
 
 @dataclass

@@ -12,6 +12,7 @@ import traitlets
 
 from ..errors import ArrakisValueError, check_index
 from ..tools.attention import AttentionTools
+from ..tools.base import parse_head_label
 from ..tools.logit_attribution import LogitAttributor
 from .base import STATIC, ArrakisWidget, f32
 from .png import heatmap_png, png_img_tag
@@ -40,9 +41,9 @@ def dla_by_head(model: Any, attribution: Any) -> torch.Tensor:
     values = attribution.attributions.values
     grid = torch.full((model.cfg.n_layers, model.cfg.n_heads), float("nan"))
     for i, label in enumerate(labels):
-        if label.startswith("L") and "H" in label:
-            layer, head = label[1:].split("H")
-            grid[int(layer), int(head)] = values[i]
+        layer_head = parse_head_label(label)
+        if layer_head is not None:
+            grid[layer_head] = values[i]
     return grid
 
 

@@ -8,18 +8,11 @@ import ipywidgets
 import numpy as np
 import traitlets
 
+from ..tools.base import parse_head_label
 from ..tools.logit_attribution import LogitAttribution, LogitAttributor
 from .base import STATIC, ArrakisWidget, f32, i32, with_fallback
 from .head_explorer import HeadExplorer, dla_by_head
 from .png import colorize, encode_png, png_img_tag
-
-
-def _layer_head(label: str) -> tuple[int, int]:
-    if label.startswith("L") and "H" in label:
-        layer, head = label[1:].split("H")
-        if layer.isdigit() and head.isdigit():
-            return int(layer), int(head)
-    return -1, -1
 
 
 class ResidualBars(ArrakisWidget):
@@ -37,7 +30,7 @@ class ResidualBars(ArrakisWidget):
     def __init__(self, attribution: LogitAttribution, title: str) -> None:
         labels = [str(x) for x in attribution.attributions.labels("component")]
         super().__init__(labels=labels, values=f32(attribution.attributions.values),
-                         layer_head=i32(np.array([_layer_head(x) for x in labels], dtype=np.int32).reshape(-1, 2)),
+                         layer_head=i32(np.array([parse_head_label(x) or (-1, -1) for x in labels], dtype=np.int32).reshape(-1, 2)),
                          constant=float(attribution.constant), total=float(attribution.total),
                          logit=float(attribution.logit), title=title)
         self.attribution = attribution
