@@ -228,3 +228,26 @@ def test_bfloat16_model_hooks_bit_exactly(name, tokens):
         logits, cache = model.run_with_cache(tokens)
     assert torch.equal(logits, ref)
     assert cache["pattern", 0].dtype == torch.bfloat16
+
+
+def test_run_until_stops_after_the_last_hook_it_waits_for():
+    model = tiny("llama", num_hidden_layers=3)
+    tokens = torch.tensor([[1, 2, 3, 4]])
+    last_block_calls = []
+    handle = model.adapter.layers()[2].register_forward_hook(lambda *a: last_block_calls.append(1))
+    seen = []
+    try:
+        model.run_until(tokens, [("blocks.1.hook_resid_post", lambda t, hook: seen.append(("a", hook.name))),
+                                 ("blocks.1.hook_resid_post", lambda t, hook: seen.append(("b", hook.name))),
+                                 ("blocks.0.hook_resid_pre", lambda t, hook: seen.append(("c", hook.name)))])
+        assert seen == [("c", "blocks.0.hook_resid_pre"), ("a", "blocks.1.hook_resid_post"),
+                        ("b", "blocks.1.hook_resid_post")]  # every hook ran, in order
+        assert last_block_calls == []  # the layer after the last hook never ran
+        _, cache = model.run_with_cache(tokens, names_filter="blocks.1.hook_resid_post")
+        got = {}
+        model.run_until(tokens, [("blocks.1.hook_resid_post", lambda t, hook: got.setdefault("t", t.clone()))])
+        torch.testing.assert_close(got["t"], cache["blocks.1.hook_resid_post"], atol=0, rtol=0)
+        assert last_block_calls == [1]  # run_with_cache ran the whole model once
+    finally:
+        handle.remove()
+    assert not any(m._forward_hooks for m in model.hf_model.modules())  # no hook left behind

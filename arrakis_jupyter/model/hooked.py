@@ -283,6 +283,32 @@ class HookedAutoModel(nn.Module):
         with self.hooks(fwd_hooks):
             return self.forward(inp, return_type=return_type, **kwargs)
 
+    def run_until(self, inp, fwd_hooks: Iterable, **kwargs: Any) -> None:
+        """A forward pass with ``fwd_hooks`` that stops as soon as every hook point they name has fired (the
+        layers after the last one are not run). Models dispatched by accelerate run to the end: their offload
+        hooks expect every module's forward to finish."""
+        wrapped = [(n, fn) for n, fns in self._resolve(fwd_hooks).items() for fn in fns]
+        if getattr(self.hf_model, "hf_device_map", None) is not None:
+            self.run_with_hooks(inp, wrapped, return_type=None, **kwargs)
+            return
+        fired: set[int] = set()
+
+        def stopping(i: int, fn: HookFn) -> HookFn:
+            def call(tensor: torch.Tensor, hook: Any) -> Any:
+                out = fn(tensor, hook)
+                fired.add(i)
+                if len(fired) == len(wrapped):
+                    raise _StopForward
+                return out
+
+            return call
+
+        try:
+            self.run_with_hooks(inp, [(n, stopping(i, fn)) for i, (n, fn) in enumerate(wrapped)], return_type=None,
+                                **kwargs)
+        except _StopForward:
+            pass
+
     def run_with_cache(self, inp, names_filter: NamesFilter = None, device: str | torch.device | None = None,
                        pos_slice: slice | int | Sequence[int] | None = None, dtype: torch.dtype | None = None,
                        return_type: str | None = "logits", fwd_hooks: Iterable = (), **kwargs: Any):
@@ -519,6 +545,10 @@ class HookedAutoModel(nn.Module):
             return self.W_U[:, tokens]
         t = torch.as_tensor(tokens)
         return self.W_U.T[t.to(self.W_U.device)]
+
+
+class _StopForward(Exception):
+    """Ends a forward pass of ``run_until`` once every hook it waits for has fired."""
 
 
 def _ancestors(name: str) -> list[str]:

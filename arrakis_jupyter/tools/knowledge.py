@@ -40,10 +40,6 @@ from ..errors import ArrakisValueError, HookNameError, check_index, close_matche
 from .base import BaseInterpretabilityTool, LabelledTensor
 from .registry import register_tool
 
-class _StopForward(Exception):
-    """Raised once the probed hook has fired: the later layers are not run."""
-
-
 def _int(value: Any, what: str, low: int = 0) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or int(value) < low:
         raise ArrakisValueError(f"{what} must be an int >= {low}, got {value!r}")
@@ -214,14 +210,10 @@ class KnowledgeProber(BaseInterpretabilityTool):
 
             def save(t: torch.Tensor, hook: Any) -> None:
                 saved["acts"] = t.detach()
-                raise _StopForward
 
-            try:
-                with torch.no_grad():
-                    self.model.run_with_hooks(tokens.to(self.model.device), [(hook, save)], return_type=None,
-                                              attention_mask=None if bool(mask.all()) else mask.to(self.model.device))
-            except _StopForward:
-                pass
+            with torch.no_grad():
+                self.model.run_until(tokens.to(self.model.device), [(hook, save)],
+                                     attention_mask=None if bool(mask.all()) else mask.to(self.model.device))
             acts = saved["acts"].float().cpu()
             out.extend(acts[j, :len(s)] for j, s in enumerate(chunk))
         return out

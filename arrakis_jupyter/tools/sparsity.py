@@ -57,10 +57,6 @@ DEFAULT_MAX_TOKENS = 8192  # tokens of the default corpus read when no id_list i
 _NOT_PER_TOKEN = ("hook_pattern", "hook_attn_scores")  # [batch, head, q, k]: not one vector per token
 
 
-class _StopForward(Exception):
-    """Raised by a hook once every hook an analysis needs has fired: the rest of the forward pass is skipped."""
-
-
 @dataclass
 class SparsityResult:
     """The activation sparsity of the units at one hook point over a corpus.
@@ -298,24 +294,15 @@ class SparsityAnalyzer(BaseInterpretabilityTool):
 
     def _forward(self, batch: TokenBatch, fns: dict[str, Callable[[torch.Tensor, TokenBatch], None]],
                  stop_early: bool = True) -> None:
-        """One forward pass that calls ``fns[hook](activation, batch)``; it stops once all have fired (not for
-        models dispatched by accelerate, whose offload hooks expect every module's forward to finish)."""
-        fired: set[str] = set()
-        stop_early = stop_early and getattr(self.model.hf_model, "hf_device_map", None) is None
-
-        def hook_fn(tensor: torch.Tensor, hook: Any) -> None:
-            fns[hook.name](tensor, batch)
-            fired.add(hook.name)
-            if stop_early and len(fired) == len(fns):
-                raise _StopForward
-
+        """One forward pass that calls ``fns[hook](activation, batch)``; with ``stop_early`` it ends once all have
+        fired (``HookedAutoModel.run_until``)."""
+        hooks = [(n, lambda t, hook: fns[hook.name](t, batch)) for n in fns]
         mask = None if bool(batch.attention_mask.all()) else batch.attention_mask
-        try:
-            with torch.no_grad():
-                self.model.run_with_hooks(batch.tokens, [(n, hook_fn) for n in fns], return_type=None,
-                                          attention_mask=mask)
-        except _StopForward:
-            pass
+        with torch.no_grad():
+            if stop_early:
+                self.model.run_until(batch.tokens, hooks, attention_mask=mask)
+            else:
+                self.model.run_with_hooks(batch.tokens, hooks, return_type=None, attention_mask=mask)
 
     @staticmethod
     def _real(tensor: torch.Tensor, batch: TokenBatch) -> torch.Tensor:

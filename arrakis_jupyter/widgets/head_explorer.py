@@ -20,10 +20,6 @@ from .png import heatmap_png, png_img_tag
 PATTERN_CACHE_MIB = 256  # patterns of every layer are computed in one pass when they fit in this budget
 
 
-class _Stop(Exception):
-    """Raised by a hook to end a forward pass once the layer it needs has run."""
-
-
 def head_grid_scores(model: Any, tokens: torch.Tensor, top: int) -> dict[str, torch.Tensor]:
     """The explorer's default colourings, [n_layers, n_heads] each: the attention tool's head scores
     (on repeated random tokens) and each head's direct logit attribution to ``top`` (the model's top
@@ -121,16 +117,14 @@ class HeadExplorer(ArrakisWidget):
 
         def save(pattern: torch.Tensor, hook) -> None:
             got[hook.layer()] = pattern[0].detach().float().cpu().clone()
-            if len(got) == len(layers) and not logits:
-                raise _Stop  # nothing later is needed
 
         hooks = [(f"blocks.{i}.attn.hook_pattern", save) for i in layers]
         out = None
-        try:
-            with torch.no_grad():
-                out = self.model.run_with_hooks(self.token_ids, hooks, return_type="logits" if logits else None)
-        except _Stop:
-            pass
+        with torch.no_grad():
+            if logits:
+                out = self.model.run_with_hooks(self.token_ids, hooks)
+            else:  # nothing after the last layer is needed
+                self.model.run_until(self.token_ids, hooks)
         self._patterns.update(got)
         n = self.token_ids.shape[1]
         keep = max(1, (PATTERN_CACHE_MIB * 2**20) // (self.model.cfg.n_heads * n * n * 4))
