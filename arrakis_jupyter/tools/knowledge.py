@@ -36,6 +36,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .. import corpus as corpus_mod
 from ..errors import ArrakisValueError, HookNameError, check_index, close_matches
 from .base import BaseInterpretabilityTool, LabelledTensor
 from .registry import register_tool
@@ -198,24 +199,18 @@ class KnowledgeProber(BaseInterpretabilityTool):
                                         f"({self.model.cfg.n_ctx})")
             seqs.append(ids)
         out: list[torch.Tensor] = []
-        for start in self.progress(range(0, len(seqs), batch_size), "batches", total=math.ceil(len(seqs) / batch_size)):
-            chunk = seqs[start:start + batch_size]
-            width = max(len(s) for s in chunk)
-            tokens = torch.zeros((len(chunk), width), dtype=torch.long)
-            mask = torch.zeros((len(chunk), width), dtype=torch.long)
-            for j, s in enumerate(chunk):
-                tokens[j, :len(s)] = s
-                mask[j, :len(s)] = 1
+        # every text fits the context, so each is one window of the shared batching, in order
+        for batch in corpus_mod.token_batches(self.model, seqs, batch_size, self.model.cfg.n_ctx, min_window=1):
             saved = {}
 
             def save(t: torch.Tensor, hook: Any) -> None:
                 saved["acts"] = t.detach()
 
+            mask = batch.attention_mask
             with torch.no_grad():
-                self.model.run_until(tokens.to(self.model.device), [(hook, save)],
-                                     attention_mask=None if bool(mask.all()) else mask.to(self.model.device))
+                self.model.run_until(batch.tokens, [(hook, save)], attention_mask=None if bool(mask.all()) else mask)
             acts = saved["acts"].float().cpu()
-            out.extend(acts[j, :len(s)] for j, s in enumerate(chunk))
+            out.extend(acts[j, :n] for j, n in enumerate(mask.sum(1).tolist()))
         return out
 
     @staticmethod
