@@ -53,6 +53,14 @@ def start_lab(root: Path, settings: dict[str, dict] | None = None) -> JupyterLab
                                  "JUPYTERLAB_WORKSPACES_DIR": str(root / ".lab-workspaces")})
 
 
+def open_lab_home(page, lab: JupyterLab) -> None:
+    """JupyterLab with no notebook open, once the app is restored and the sidebar exists."""
+    page.goto(f"{lab.url}/lab?token={lab.token}")
+    page.wait_for_function("() => window.jupyterapp && document.querySelector('#arrakis-experiments')",
+                           timeout=60_000)
+    page.evaluate("() => window.jupyterapp.restored")
+
+
 def watch_errors(page) -> list[str]:
     errors: list[str] = []
     page.on("pageerror", lambda e: errors.append(f"pageerror: {e}"))
@@ -289,10 +297,7 @@ def test_sidebar_renders_stored_results(tmp_path):
     try:
         with chromium_page(1500, 1000) as page:
             errors = watch_errors(page)
-            page.goto(f"{lab.url}/lab?token={lab.token}")
-            page.wait_for_function("() => window.jupyterapp && document.querySelector('#arrakis-experiments')",
-                                   timeout=60_000)
-            page.evaluate("() => window.jupyterapp.restored")
+            open_lab_home(page, lab)
             page.evaluate("() => window.jupyterapp.commands.execute('arrakis:open')")
             widen_sidebar(page, 0.5)
             exp = page.locator(f"{SIDEBAR} .arrakis-exp-item[data-name='rich']")
@@ -381,10 +386,7 @@ def test_sidebar_draw_time_with_10000_runs(tmp_path):
     try:
         with chromium_page(1500, 1000) as page:
             errors = watch_errors(page)
-            page.goto(f"{lab.url}/lab?token={lab.token}")
-            page.wait_for_function("() => window.jupyterapp && document.querySelector('#arrakis-experiments')",
-                                   timeout=60_000)
-            page.evaluate("() => window.jupyterapp.restored")
+            open_lab_home(page, lab)
             t = page.evaluate(MEASURE)
             widen_sidebar(page)
             page.screenshot(path=str(OUT / "10_10000_runs.png"))
