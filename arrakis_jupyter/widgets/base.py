@@ -35,7 +35,7 @@ class ArrakisWidget(anywidget.AnyWidget):
 
     def fallback_html(self) -> str:
         """Static HTML shown where widgets cannot render."""
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must define fallback_html (its static HTML view)")
 
     def _repr_mimebundle_(self, **kwargs: Any):
         return with_fallback(super()._repr_mimebundle_(**kwargs), self.title, self.fallback_html())
