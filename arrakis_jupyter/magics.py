@@ -24,7 +24,16 @@ LINE_USAGE = """%arrakis list                  experiments in the store
 %arrakis open [DIR]            show the store in use, or switch to the store in DIR
 %arrakis export PATH [NAME...] write the store (or some experiments) to a zip archive
 %arrakis import PATH           merge an archive into the store
+%arrakis gc [--dry-run]        remove artefact files no run uses and temporary files of killed writers
 VERSION is a hash, a unique hash prefix (4+ hex digits) or v1, v2, ... (oldest first)."""
+
+
+def _split(line: str, usage: str) -> list[str]:
+    """Shell-like words (quotes removed); an unbalanced quote is a UsageError."""
+    try:
+        return arg_split(line, posix=True)
+    except ValueError as e:
+        raise UsageError(f"cannot parse {line.strip()!r}: {e} (quote values that have spaces)\n{usage}") from None
 
 
 def _notebook_path(user_ns: dict) -> str | None:
@@ -99,13 +108,28 @@ class ArrakisMagics(Magics):
         return self._run(args, cell, model, store=True, arguments={"model": args.model})
 
     def _parse(self, magic: Any, line: str) -> Any:
-        # shell-like splitting (quotes removed); a UsageError carrying the usage text on bad arguments
-        args = magic.parser.parse_args(arg_split(line, posix=True))
+        """Every argument checked before the cell's body runs: a run that happened is never lost
+        for an argument we could not record (a UsageError carrying the usage text instead)."""
+        args = magic.parser.parse_args(_split(line, magic.parser.format_usage()))
         try:
             check_name(args.name)
+            for tag in args.tag:
+                check_name(tag, "tag")
         except ArrakisError as e:
             raise UsageError(f"{e}\n{magic.parser.format_usage()}") from None
         return args
+
+    def _writable_store(self) -> Store:
+        """The store the run will be recorded in, checked before the body runs."""
+        try:
+            store = self.store
+        except ArrakisError as e:
+            raise UsageError(f"cannot record this run: {e}") from None
+        if store.read_only:
+            raise UsageError(f"cannot record this run: the experiment store {store.root} is read-only "
+                             f"({store.read_only_reason}); switch to a writable one with %arrakis open DIR, or run "
+                             "%%arrakis with --no-store")
+        return store
 
     def _model(self, var: str | None, required: bool) -> Any:
         from .model import HookedAutoModel
@@ -145,7 +169,7 @@ class ArrakisMagics(Magics):
 
     def _run(self, args: Any, cell: str, model: Any, store: bool, arguments: dict) -> Any:
         __tracebackhide__ = True
-        recorder = Recorder(self.store if store else None, args.name, cell.rstrip(), kind="cell", model=model,
+        recorder = Recorder(self._writable_store() if store else None, args.name, cell.rstrip(), kind="cell", model=model,
                             arguments=arguments, tags=args.tag,
                             note=args.note, notebook=_notebook_path(self.shell.user_ns), cell_id=self.cell_id)
         try:
@@ -175,7 +199,7 @@ class ArrakisMagics(Magics):
     # ---- %arrakis -------------------------------------------------------------------------------
     @line_magic("arrakis")
     def arrakis_line(self, line: str) -> Any:
-        words = arg_split(line.strip(), posix=True)
+        words = _split(line.strip(), LINE_USAGE)
         if not words:
             raise UsageError(LINE_USAGE)
         command, rest = words[0], words[1:]
@@ -197,10 +221,18 @@ class ArrakisMagics(Magics):
                     return self.store.diff(name, f"v{n - 1}", f"v{n}")
                 return self.store.diff(*rest)
             if command == "open" and len(rest) <= 1:
-                if rest:
-                    self.store_dir = pathlib.Path(rest[0]).expanduser()
+                if rest:  # opened (and so checked) before it replaces the store in use
+                    self._store = Store(pathlib.Path(rest[0]).expanduser())
+                    self.store_dir = self._store.root
                 store = self.store
-                return f"experiment store: {store.root} ({len(store.experiments())} experiments)"
+                mode = f", read-only: {store.read_only_reason}" if store.read_only else ""
+                return f"experiment store: {store.root} ({len(store.experiments())} experiments{mode})"
+            if command == "gc" and set(rest) <= {"--dry-run"}:
+                report = self.store.gc(dry_run=bool(rest))
+                verb = "would remove" if rest else "removed"
+                print(f"{verb} {len(report['files'])} unused files ({report['bytes']:,} bytes) and "
+                      f"{report['entries']} unused artefact entries from {self.store.root}")
+                return report
             if command == "export" and rest:
                 return f"exported to {self.store.export(rest[0], rest[1:] or None)}"
             if command == "import" and len(rest) == 1:

@@ -27,7 +27,7 @@ def check_name(name: Any, what: str = "experiment name") -> str:
         problem = f"is {len(name)} characters long"
     elif "/" in name or "\\" in name:
         problem = "contains a path separator"
-    elif any(unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp") for ch in name):
+    elif any(unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Zl", "Zp") for ch in name):
         problem = "contains a control character"
     elif name != name.strip():
         problem = "has leading or trailing whitespace"
@@ -78,7 +78,12 @@ class Version:
     source: str
     first_seen: pd.Timestamp
     last_seen: pd.Timestamp
-    runs: pd.DataFrame
+    runs: pd.DataFrame  # all its runs, or the page asked for
+    run_count: int = -1  # how many runs the version has (len(runs) when all were loaded)
+
+    def __post_init__(self) -> None:
+        if self.run_count < 0:
+            self.run_count = len(self.runs)
 
     def _repr_html_(self) -> str:
         from .render import version_html
@@ -87,7 +92,7 @@ class Version:
 
     def __repr__(self) -> str:
         return (f"{self.name} v{self.index} {self.hash} ({self.kind}, first seen {self.first_seen:%Y-%m-%d %H:%M:%S}, "
-                f"{len(self.runs)} runs)\n\n{self.source}\n\n{self.runs.to_string() if len(self.runs) else ''}")
+                f"{self.run_count} runs)\n\n{self.source}\n\n{self.runs.to_string() if len(self.runs) else ''}")
 
 
 @dataclass

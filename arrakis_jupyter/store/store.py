@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import math
 import os
 import pathlib
 import re
@@ -28,15 +29,21 @@ from .artefacts import ArtefactFiles, Encoder, decode, describe
 from .records import Run, RunRecord, Version, VersionDiff, to_timestamps, check_name
 from .compare import compare_values
 from .hashing import source_hash
-from .schema import check_not_newer, migrate
+from .schema import SCHEMA_VERSION, StoreVersionError, check_not_newer, migrate, schema_version
+from .sqlite import StoreBusyError, connect, retry_busy, transaction
 
 DB_NAME = "arrakis.db"
 STATUSES = ("ok", "error", "interrupted")
 KINDS = ("cell", "function")
+MAX_RUN_ID = 2**63 - 1  # SQLite's largest INTEGER
 
 
 class StoreError(ArrakisError):
     """The store cannot be opened or used (not a store, unreadable...)."""
+
+
+class StoreReadOnlyError(StoreError):
+    """A write to a store opened read-only (by request, or because its location is not writable)."""
 
 
 def default_store_dir() -> pathlib.Path:
@@ -45,10 +52,20 @@ def default_store_dir() -> pathlib.Path:
     return pathlib.Path(home) if home else pathlib.Path.cwd() / "experiments"
 
 
-class Store:
-    """The experiment store of one directory (created if needed). Safe to share between processes."""
+def _writable(path: pathlib.Path) -> bool:
+    return os.access(path, os.W_OK)
 
-    def __init__(self, path: str | os.PathLike | None = None) -> None:
+
+class Store:
+    """The experiment store of one directory (created if needed). Safe to share between processes.
+
+    ``read_only=True`` opens an existing store without ever creating, migrating or writing anything;
+    a store whose location is not writable (a read-only mount) is opened that way by itself
+    (``store.read_only``; writes then raise ``StoreReadOnlyError``). Writes wait at most
+    ``lock_timeout`` seconds for another process's write lock, then raise ``StoreBusyError``."""
+
+    def __init__(self, path: str | os.PathLike | None = None, *, read_only: bool = False,
+                 lock_timeout: float = 60.0) -> None:
         root = pathlib.Path(path) if path is not None else default_store_dir()
         if root.name == DB_NAME and root.is_file():
             root = root.parent
@@ -57,53 +74,109 @@ class Store:
         self.root = root.resolve()
         self.db_path = self.root / DB_NAME
         self.files = ArtefactFiles(self.root / "artefacts")
+        self.lock_timeout = float(lock_timeout)
+        self.read_only = read_only
+        self.read_only_reason = "opened with read_only=True" if read_only else ""
+        self._immutable = False
         self._local = threading.local()
         self._check_file()
-        self.root.mkdir(parents=True, exist_ok=True)
+        if not read_only:
+            reason = self._unwritable_reason()
+            if reason is None:
+                try:
+                    retry_busy(self._create, self.lock_timeout, f"creating the experiment store {self.db_path}")
+                    return
+                except sqlite3.OperationalError as e:  # e.g. "attempt to write a readonly database"
+                    if not self._exists():
+                        raise StoreError(f"cannot create an experiment store at {self.root}: {e}") from e
+                    reason = str(e)
+                    self.close()
+            self.read_only, self.read_only_reason = True, reason
+        self._open_read_only()
+
+    def __repr__(self) -> str:
+        return f"Store({str(self.root)!r}{', read_only=True' if self.read_only else ''})"
+
+    # ---- opening, connections and transactions ------------------------------------------
+    def _exists(self) -> bool:
+        return self.db_path.is_file() and self.db_path.stat().st_size > 0
+
+    def _check_file(self) -> None:
+        if self._exists():
+            with open(self.db_path, "rb") as f:
+                if f.read(16) != b"SQLite format 3\x00":
+                    raise StoreError(f"{self.db_path} is not an arrakis experiment store (not an SQLite "
+                                     "database); it was left untouched")
+
+    def _unwritable_reason(self) -> str | None:
+        """Why the store cannot be written here (None if it can): an existing store on a read-only
+        location is still readable; a missing one cannot be created."""
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            if self._exists():
+                return f"its directory cannot be written: {e.strerror}"
+            raise StoreError(f"cannot create an experiment store at {self.root}: {e.strerror or e}") from e
+        if _writable(self.root) and (not self.db_path.exists() or _writable(self.db_path)):
+            return None
+        if not self._exists():
+            raise StoreError(f"cannot create an experiment store at {self.root}: the directory is not writable")
+        return "its directory or database file is not writable"
+
+    def _create(self) -> None:
+        """Open read-write, switch to WAL and bring the schema up to date (retried while another
+        process holds a lock: several processes may create one store at once)."""
         conn = self._conn()
         check_not_newer(conn, f"at {self.db_path}")
         if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
             conn.execute("PRAGMA journal_mode = WAL")
         migrate(conn, f"at {self.db_path}")
 
-    def __repr__(self) -> str:
-        return f"Store({str(self.root)!r})"
-
-    # ---- connections and transactions ---------------------------------------------------
-    def _check_file(self) -> None:
-        if self.db_path.exists() and self.db_path.stat().st_size:
-            with open(self.db_path, "rb") as f:
-                if f.read(16) != b"SQLite format 3\x00":
-                    raise StoreError(f"{self.db_path} is not an arrakis experiment store (not an SQLite "
-                                     "database); it was left untouched")
+    def _open_read_only(self) -> None:
+        if not self._exists():
+            raise StoreError(f"there is no experiment store at {self.root} (no {DB_NAME}, or an empty one)")
+        try:
+            conn = self._conn()
+            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        except sqlite3.OperationalError:  # WAL needs a -shm file it cannot create on a read-only medium
+            self.close()
+            self._immutable = True
+            conn = self._conn()
+        if schema_version(conn) < SCHEMA_VERSION:
+            raise StoreVersionError(
+                f"the experiment store at {self.db_path} has schema version {schema_version(conn)}; this "
+                f"arrakis_jupyter reads version {SCHEMA_VERSION}: open it once from a kernel that can write it "
+                "(a %%arrakis cell, or Store(path)) to upgrade it")
+        check_not_newer(conn, f"at {self.db_path}")
 
     def _conn(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
         if conn is None or self._local.pid != os.getpid():
             try:
-                conn = sqlite3.connect(self.db_path, timeout=60, isolation_level=None)
-                conn.execute("PRAGMA busy_timeout = 60000")
-                conn.execute("PRAGMA foreign_keys = ON")
-                conn.execute("PRAGMA synchronous = NORMAL")
-                conn.row_factory = sqlite3.Row
+                conn = connect(self.db_path, read_only=self.read_only, immutable=self._immutable)
+                if not self.read_only:
+                    conn.execute("PRAGMA synchronous = NORMAL")
             except sqlite3.DatabaseError as e:
                 raise StoreError(f"cannot open the experiment store {self.db_path}: {e}") from e
             self._local.conn, self._local.pid = conn, os.getpid()
         return conn
 
+    def _check_writable(self) -> None:
+        if self.read_only:
+            raise StoreReadOnlyError(
+                f"the experiment store at {self.root} is read-only ({self.read_only_reason}): nothing can be "
+                "recorded there; record into a writable directory (%arrakis open DIR, or $ARRAKIS_HOME)")
+
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
-        conn = self._conn()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        """One write transaction; any exception (KeyboardInterrupt included) leaves none open."""
+        self._check_writable()
+        with transaction(self._conn(), self.lock_timeout, f"the experiment store {self.root}") as conn:
             yield conn
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
 
     def _query(self, sql: str, params: Sequence = ()) -> list[sqlite3.Row]:
-        return self._conn().execute(sql, params).fetchall()
+        return retry_busy(lambda: self._conn().execute(sql, params).fetchall(), self.lock_timeout,
+                          f"reading the experiment store {self.root}")
 
     def close(self) -> None:
         """Close this thread's connection (others close when their thread ends)."""
@@ -111,6 +184,9 @@ class Store:
         if conn is not None:
             conn.close()
             self._local.conn = None
+
+    def schema_version(self) -> int:
+        return schema_version(self._conn())
 
     def integrity_check(self) -> str:
         """SQLite's ``PRAGMA integrity_check``: ``"ok"`` for a healthy store."""
@@ -128,6 +204,10 @@ class Store:
         if rec.kind not in KINDS:
             raise ArrakisValueError(f"version kind {rec.kind!r} is not one of {', '.join(KINDS)}")
         tags = [check_name(t, "tag") for t in rec.tags]
+        for field in ("source", "stdout", "stderr", "note"):
+            if not isinstance(getattr(rec, field), str):
+                raise ArrakisValueError(f"RunRecord.{field} must be a string, got {type(getattr(rec, field)).__name__}")
+        self._check_writable()  # before any artefact file is written
         encoder = Encoder(self.files)
         result = json.dumps(encoder(rec.result), allow_nan=False)
         rec.placeholders = list(encoder.placeholders)
@@ -135,14 +215,15 @@ class Store:
         figures = json.dumps(encoder(list(rec.figures)), allow_nan=False) if rec.figures else None
         digest = source_hash(rec.source)
         row = {"uid": rec.uid, "started": rec.started, "duration": rec.duration, "status": rec.status,
-               "error": rec.error, "arguments": arguments, "result": result, "result_type": describe(rec.result),
-               "stdout": rec.stdout, "stderr": rec.stderr, "model": _json(rec.model),
-               "environment": _json(rec.environment), "notebook": rec.notebook, "cell_id": rec.cell_id,
-               "note": rec.note or "", "figures": figures}
+               "error": _text(rec.error), "arguments": arguments, "result": result,
+               "result_type": describe(rec.result), "stdout": _text(rec.stdout), "stderr": _text(rec.stderr),
+               "model": _json(rec.model), "environment": _json(rec.environment), "notebook": _text(rec.notebook),
+               "cell_id": _text(rec.cell_id), "note": _text(rec.note or ""), "figures": figures}
+        metrics = [(_text(name), step, value, logged) for name, step, value, logged in rec.metrics]
         with self._write() as c:
-            run_id = self._insert_run(c, rec.name, rec.started, digest, rec.kind, rec.source, rec.started,
+            run_id = self._insert_run(c, rec.name, rec.started, digest, rec.kind, _text(rec.source), rec.started,
                                       rec.started, row)
-            self._link(c, run_id, tags, rec.metrics, encoder.artefacts)
+            self._link(c, run_id, tags, metrics, encoder.artefacts)
         return run_id
 
     RUN_COLUMNS = ("uid", "started", "duration", "status", "error", "arguments", "result", "result_type", "stdout",
@@ -182,7 +263,7 @@ class Store:
         if not isinstance(note, str):
             raise ArrakisValueError(f"a note must be a string, got {type(note).__name__}")
         with self._write() as c:
-            if not c.execute("UPDATE runs SET note = ? WHERE id = ?", (note, self._run_id(run_id))).rowcount:
+            if not c.execute("UPDATE runs SET note = ? WHERE id = ?", (_text(note), self._run_id(run_id))).rowcount:
                 raise ArrakisKeyError(f"no run with id {run_id} in {self.root}")
 
     def add_tags(self, run_id: int, *tags: str) -> None:
@@ -192,13 +273,17 @@ class Store:
             c.executemany("INSERT OR IGNORE INTO tags (run_id, tag) VALUES (?, ?)", [(run_id, t) for t in checked])
 
     def remove_tags(self, run_id: int, *tags: str) -> None:
+        if not all(isinstance(t, str) for t in tags):
+            raise ArrakisValueError(f"tags are strings, got {tags!r}")
         with self._write() as c:
             self._check_run(c, run_id)
-            c.executemany("DELETE FROM tags WHERE run_id = ? AND tag = ?", [(run_id, t) for t in tags])
+            c.executemany("DELETE FROM tags WHERE run_id = ? AND tag = ?", [(run_id, _text(t)) for t in tags])
 
     def _run_id(self, run_id: Any) -> int:
         if not isinstance(run_id, int) or isinstance(run_id, bool):
             raise ArrakisValueError(f"a run id is an int (see Store.runs), got {run_id!r}")
+        if not 1 <= run_id <= MAX_RUN_ID:
+            raise ArrakisKeyError(f"no run with id {run_id} in {self.root}: run ids are 1..{MAX_RUN_ID}")
         return run_id
 
     def _check_run(self, c: sqlite3.Connection, run_id: Any) -> None:
@@ -225,6 +310,34 @@ class Store:
     def delete_experiment(self, name: str) -> int:
         """Delete every version of an experiment; returns the runs deleted."""
         return sum(self.delete_version(name, h) for h in self.versions(name)["hash"])
+
+    def gc(self, grace: float = 3600.0, dry_run: bool = False) -> dict[str, Any]:
+        """Remove what no run uses: artefact index entries no run links to, artefact files the index
+        does not name, and temporary files (``.tmp-*``) left by killed writers. Files modified less
+        than ``grace`` seconds ago are kept (another process may be about to commit a run using them).
+        Returns what was (or, with ``dry_run``, would be) removed: ``entries``, ``files``, ``bytes``."""
+        self._check_writable()
+        with self._write() as c:
+            rows = c.execute("SELECT hash, file, hash IN (SELECT hash FROM run_artefacts) FROM artefacts").fetchall()
+            orphans = [h for h, _, used in rows if not used]
+            if not dry_run:
+                c.executemany("DELETE FROM artefacts WHERE hash = ?", [(h,) for h in orphans])
+        keep = {rel for _, rel, used in rows if used}
+        files, size, now = [], 0, time.time()
+        root = self.files.root
+        for path in sorted(root.glob("*/*")) if root.is_dir() else []:
+            rel = path.relative_to(root).as_posix()
+            try:
+                info = path.lstat()
+            except FileNotFoundError:
+                continue
+            if rel in keep or now - info.st_mtime < grace or path.is_dir():
+                continue
+            if not dry_run:
+                path.unlink(missing_ok=True)
+            files.append(rel)
+            size += info.st_size
+        return {"entries": len(orphans), "files": files, "bytes": size}
 
     # ---- reading ----------------------------------------------------------------------------
     def experiments(self) -> pd.DataFrame:
@@ -297,19 +410,22 @@ class Store:
                              (digest, name))
         return int(row[0])
 
-    def version(self, name: str, ref: str) -> Version:
-        """One version: its source and runs."""
+    def version(self, name: str, ref: str, *, limit: int | None = None, offset: int = 0,
+                newest_first: bool = False) -> Version:
+        """One version: its source and runs (all of them, or one page: ``limit``/``offset``, oldest
+        first unless ``newest_first``); ``run_count`` is the number of all its runs."""
         digest = self.resolve(name, ref)
         index = self.version_number(name, digest)
-        (row,) = self._query("SELECT v.kind, v.source, v.first_seen, v.last_seen FROM versions v JOIN experiments e "
+        (row,) = self._query("SELECT v.kind, v.source, v.first_seen, v.last_seen, (SELECT count(*) FROM runs r "
+                             "WHERE r.version_id = v.id) AS run_count FROM versions v JOIN experiments e "
                              "ON e.id = v.experiment_id WHERE e.name = ? AND v.hash = ?", (name, digest))
-        return Version(name, digest, index, row["kind"], row["source"], to_timestamps(pd.Series([row["first_seen"]]))[0],
-                       to_timestamps(pd.Series([row["last_seen"]]))[0], self.runs(name, digest))
+        seen = to_timestamps(pd.Series([row["first_seen"], row["last_seen"]]))
+        runs = self.runs(name, digest, limit=limit, offset=offset, newest_first=newest_first)
+        return Version(name, digest, index, row["kind"], _untext(row["source"]), seen[0], seen[1], runs,
+                       row["run_count"])
 
-    def runs(self, name: str, hash: str | None = None, *, status: str | None = None, tag: str | None = None,
-             since: Any = None, until: Any = None, limit: int | None = None, offset: int = 0) -> pd.DataFrame:
-        """Runs of an experiment (of one version if ``hash``), oldest first, filtered by status, tag and
-        start time (``since``/``until``: anything ``pd.Timestamp`` accepts), paginated by limit/offset."""
+    def _run_filter(self, name: str, hash: str | None, status: str | None, tag: str | None, since: Any,
+                    until: Any) -> tuple[str, list]:
         where, params = ["v.experiment_id = ?"], [self._experiment_id(name)]
         if hash is not None:
             where.append("v.hash = ?")
@@ -321,34 +437,55 @@ class Store:
             params.append(status)
         if tag is not None:
             where.append("EXISTS (SELECT 1 FROM tags t WHERE t.run_id = r.id AND t.tag = ?)")
-            params.append(tag)
+            params.append(_text(tag))
         for bound, op in ((since, ">="), (until, "<=")):
             if bound is not None:
                 where.append(f"r.started {op} ?")
                 params.append(_epoch(bound))
+        return " AND ".join(where), params
+
+    def runs(self, name: str, hash: str | None = None, *, status: str | None = None, tag: str | None = None,
+             since: Any = None, until: Any = None, limit: int | None = None, offset: int = 0,
+             newest_first: bool = False) -> pd.DataFrame:
+        """Runs of an experiment (of one version if ``hash``), oldest first (or ``newest_first``),
+        filtered by status, tag and start time (``since``/``until``: anything ``pd.Timestamp`` accepts),
+        paged in SQL by limit/offset."""
+        where, params = self._run_filter(name, hash, status, tag, since, until)
         page = ""
         if limit is not None:
+            limit, offset = _page_bound(limit, "limit"), _page_bound(offset, "offset")
             page = " LIMIT ? OFFSET ?"
-            params += [int(limit), int(offset)]
+            params += [limit, offset]
+        order = "DESC" if newest_first else "ASC"
         rows = self._query(
             "SELECT r.id AS run_id, v.hash AS version, r.started, r.duration AS duration_s, r.status, r.result_type,"
             " (SELECT group_concat(t.tag) FROM tags t WHERE t.run_id = r.id) AS tags, r.note, r.notebook, r.cell_id "
-            f"FROM runs r JOIN versions v ON v.id = r.version_id WHERE {' AND '.join(where)} "
-            f"ORDER BY r.started, r.id{page}", params)
-        df = pd.DataFrame([dict(r) for r in rows], columns=["run_id", "version", "started", "duration_s", "status",
-                                                            "result_type", "tags", "note", "notebook", "cell_id"])
+            f"FROM runs r JOIN versions v ON v.id = r.version_id WHERE {where} "
+            f"ORDER BY r.started {order}, r.id {order}{page}", params)
+        df = pd.DataFrame([{k: _untext(r[k]) for k in r.keys()} for r in rows],
+                          columns=["run_id", "version", "started", "duration_s", "status", "result_type", "tags",
+                                   "note", "notebook", "cell_id"])
         df["started"] = to_timestamps(df["started"])
         df["tags"] = df["tags"].map(_split_tags)
         return df
 
+    def count_runs(self, name: str, hash: str | None = None, *, status: str | None = None, tag: str | None = None,
+                   since: Any = None, until: Any = None) -> int:
+        """How many runs ``runs`` would list with the same filters and no limit."""
+        where, params = self._run_filter(name, hash, status, tag, since, until)
+        (row,) = self._query(f"SELECT count(*) FROM runs r JOIN versions v ON v.id = r.version_id WHERE {where}",
+                             params)
+        return int(row[0])
+
     def raw_run(self, run_id: int) -> dict[str, Any]:
         """One run as plain JSON-able data: results, arguments and figures as their stored JSON trees
         (artefacts referenced, not loaded), times as ISO strings; ``artefact_list`` [(hash, kind)]."""
+        run_id = self._run_id(run_id)
         rows = self._query("SELECT r.*, v.hash, e.name FROM runs r JOIN versions v ON v.id = r.version_id "
-                           "JOIN experiments e ON e.id = v.experiment_id WHERE r.id = ?", (self._run_id(run_id),))
+                           "JOIN experiments e ON e.id = v.experiment_id WHERE r.id = ?", (run_id,))
         if not rows:
             raise ArrakisKeyError(f"no run with id {run_id} in {self.root}")
-        r = rows[0]
+        r = {k: _untext(v) for k, v in dict(rows[0]).items()}
         iso = lambda t: pd.Timestamp(t, unit="s", tz="UTC").isoformat()  # noqa: E731
         return {
             "run_id": r["id"], "uid": r["uid"], "name": r["name"], "hash": r["hash"], "started": iso(r["started"]),
@@ -358,7 +495,7 @@ class Store:
             "environment": _unjson(r["environment"]), "notebook": r["notebook"], "cell_id": r["cell_id"],
             "tags": [t[0] for t in self._query("SELECT tag FROM tags WHERE run_id = ? ORDER BY tag", (run_id,))],
             "note": r["note"], "figures": _unjson(r["figures"]) or [],
-            "metrics": [{"name": m["name"], "step": m["step"], "value": m["value"], "logged": iso(m["logged"])}
+            "metrics": [{"name": _untext(m["name"]), "step": m["step"], "value": m["value"], "logged": iso(m["logged"])}
                         for m in self._query("SELECT name, step, value, logged FROM metrics WHERE run_id = ? "
                                              "ORDER BY rowid", (run_id,))],
             "artefact_list": [(a["hash"], a["kind"]) for a in self._query(
@@ -378,13 +515,15 @@ class Store:
                    r["stdout"], r["stderr"], r["model"], r["environment"], r["notebook"], r["cell_id"], r["tags"],
                    r["note"], metrics, decode_tree(r["figures"]) or [])
 
-    def artefacts_of(self, name: str, hash: str) -> list[tuple[int, str, str]]:
-        """(run_id, artefact hash, kind) of every artefact the runs of one version hold."""
+    def artefacts_of(self, name: str, hash: str, run_ids: Sequence[int] | None = None) -> list[tuple[int, str, str]]:
+        """(run_id, artefact hash, kind) of every artefact the runs of one version (or the given runs
+        of it) hold."""
         digest = self.resolve(name, hash)
+        where, params = _in_runs("ra.run_id", run_ids)
         rows = self._query("SELECT ra.run_id, a.hash, a.kind FROM run_artefacts ra JOIN artefacts a ON a.hash = ra.hash "
                            "JOIN runs r ON r.id = ra.run_id JOIN versions v ON v.id = r.version_id JOIN experiments e "
-                           "ON e.id = v.experiment_id WHERE e.name = ? AND v.hash = ? ORDER BY ra.run_id",
-                           (name, digest))
+                           f"ON e.id = v.experiment_id WHERE e.name = ? AND v.hash = ?{where} ORDER BY ra.run_id",
+                           (name, digest, *params))
         return [(r["run_id"], r["hash"], r["kind"]) for r in rows]
 
     def artefact(self, digest: str) -> tuple[pathlib.Path, str]:
@@ -396,31 +535,31 @@ class Store:
             raise ArrakisKeyError(f"no artefact {digest} in {self.root}")
         return self.files.path(digest, rows[0]["kind"]), rows[0]["kind"]
 
-    def _decode(self, text: str | None) -> Any:
-        return decode(json.loads(text), self.files) if text is not None else None
-
     def last_run(self, name: str, hash: str | None = None, status: str | None = None) -> Run | None:
         """The most recent run of an experiment (or of one version), optionally with a given status."""
-        runs = self.runs(name, hash, status=status)
-        return self.run(int(runs["run_id"].iloc[-1])) if len(runs) else None
+        runs = self.runs(name, hash, status=status, limit=1, newest_first=True)
+        return self.run(int(runs["run_id"].iloc[0])) if len(runs) else None
 
-    def metrics(self, name: str, hash: str | None = None) -> pd.DataFrame:
-        """Every metric logged by the runs of an experiment (or one version): run_id, version, name, step, value."""
+    def metrics(self, name: str, hash: str | None = None, run_ids: Sequence[int] | None = None) -> pd.DataFrame:
+        """Every metric logged by the runs of an experiment (or one version, or the given runs):
+        run_id, version, name, step, value."""
         where, params = "v.experiment_id = ?", [self._experiment_id(name)]
         if hash is not None:
             where += " AND v.hash = ?"
             params.append(self.resolve(name, hash))
+        extra, ids = _in_runs("m.run_id", run_ids)
         rows = self._query("SELECT m.run_id, v.hash AS version, m.name, m.step, m.value FROM metrics m JOIN runs r ON "
-                           f"r.id = m.run_id JOIN versions v ON v.id = r.version_id WHERE {where} ORDER BY m.rowid",
-                           params)
-        df = pd.DataFrame([dict(r) for r in rows], columns=["run_id", "version", "name", "step", "value"])
+                           f"r.id = m.run_id JOIN versions v ON v.id = r.version_id WHERE {where}{extra} "
+                           "ORDER BY m.rowid", [*params, *ids])
+        df = pd.DataFrame([{k: _untext(r[k]) for k in r.keys()} for r in rows],
+                          columns=["run_id", "version", "name", "step", "value"])
         df["step"] = df["step"].astype("Int64")
         return df
 
     def diff(self, name: str, a: str, b: str) -> VersionDiff:
         """Compare versions ``a`` and ``b``: unified diff of sources, the results of their last successful
         runs leaf by leaf, and their last run's final value of each metric."""
-        va, vb = self.version(name, a), self.version(name, b)
+        va, vb = self.version(name, a, limit=0), self.version(name, b, limit=0)  # run_count, no run rows
         source_diff = "".join(difflib.unified_diff(
             va.source.splitlines(keepends=True), vb.source.splitlines(keepends=True),
             fromfile=f"{name} v{va.index} {va.hash}", tofile=f"{name} v{vb.index} {vb.hash}"))
@@ -448,6 +587,20 @@ class Store:
         return import_archive(self, pathlib.Path(path))
 
 
+def _page_bound(value: Any, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_RUN_ID:
+        raise ArrakisValueError(f"{what} must be an int in 0..{MAX_RUN_ID}, got {value!r}")
+    return value
+
+
+def _in_runs(column: str, run_ids: Sequence[int] | None) -> tuple[str, list[str]]:
+    """An SQL condition restricting ``column`` to ``run_ids`` (none when they are None)."""
+    if run_ids is None:
+        return "", []
+    ids = [int(i) for i in run_ids]
+    return f" AND {column} IN (SELECT value FROM json_each(?))", [json.dumps(ids)]
+
+
 def _split_tags(text: Any) -> list[str]:
     return sorted(text.split(",")) if isinstance(text, str) and text else []
 
@@ -467,9 +620,43 @@ def _epoch(value: Any) -> float:
     return ts.timestamp()
 
 
+def finite_json(value: Any) -> Any:
+    """``value`` with every non-finite float replaced by the string ``"nan"``, ``"inf"`` or ``"-inf"``
+    (JSON has no such numbers; browsers refuse ``NaN`` in JSON)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    if isinstance(value, dict):
+        return {k: finite_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_json(v) for v in value]
+    return value
+
+
 def _json(value: Any) -> str | None:
-    return json.dumps(value, default=str) if value is not None else None
+    if value is None:
+        return None
+    try:
+        return json.dumps(value, default=str, allow_nan=False)
+    except ValueError:  # NaN or inf somewhere (a model config can hold one)
+        return json.dumps(finite_json(value), default=str, allow_nan=False)
 
 
 def _unjson(text: str | None) -> Any:
     return json.loads(text) if text else None
+
+
+def _text(value: str | None) -> str | bytes | None:
+    """Text as SQLite takes it: a string that is not valid UTF-8 (a lone surrogate, as a process's
+    undecodable output gives) is kept exactly, as UTF-8 bytes with the surrogates passed through."""
+    if value is None:
+        return None
+    try:
+        value.encode("utf-8")
+        return value
+    except UnicodeEncodeError:
+        return value.encode("utf-8", "surrogatepass")
+
+
+def _untext(value: Any) -> Any:
+    """The string ``_text`` stored."""
+    return value.decode("utf-8", "surrogatepass") if isinstance(value, bytes) else value
