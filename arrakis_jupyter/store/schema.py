@@ -9,6 +9,7 @@ import sqlite3
 from typing import Callable
 
 from ..errors import ArrakisError
+from .hashing import source_hash
 
 SCHEMA_V1 = """
 CREATE TABLE experiments (
@@ -88,8 +89,30 @@ def _script(sql: str) -> Callable[[sqlite3.Connection], None]:
 # v2: figures drawn during a run (bench.plot_results), encoded like results.
 SCHEMA_V2 = "ALTER TABLE runs ADD COLUMN figures TEXT"
 
+
+# v3: version hashes from the corrected source_hash (the old one ignored dedents, so it merged programs that
+# differ in indentation structure). Versions the old function kept apart keep their runs. Runs it had merged
+# into one version stay under that version's (first) source: the store never had the other sources, so they
+# cannot be split. Versions that now share a hash are merged into the one first seen.
+def _rehash_versions(conn: sqlite3.Connection) -> None:
+    """Re-hash every version; merge versions of one experiment whose new hashes are equal."""
+    keep: dict[tuple[int, str], int] = {}
+    for vid, experiment, source, first, last in conn.execute(
+            "SELECT id, experiment_id, source, first_seen, last_seen FROM versions ORDER BY first_seen, id").fetchall():
+        target = keep.setdefault((experiment, source_hash(source)), vid)
+        if target != vid:
+            conn.execute("UPDATE runs SET version_id = ? WHERE version_id = ?", (target, vid))
+            conn.execute("UPDATE versions SET first_seen = min(first_seen, ?), last_seen = max(last_seen, ?) "
+                         "WHERE id = ?", (first, last, target))
+            conn.execute("DELETE FROM versions WHERE id = ?", (vid,))
+    # through a temporary value that no hash can equal, so UNIQUE (experiment_id, hash) holds at every row
+    conn.execute("UPDATE versions SET hash = '~' || id")
+    conn.executemany("UPDATE versions SET hash = ? WHERE id = ?", [(h, vid) for (_, h), vid in keep.items()])
+
+
 # MIGRATIONS[v] turns a version v-1 store into a version v store (inside one transaction).
-MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _script(SCHEMA_V1), 2: _script(SCHEMA_V2)}
+MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _script(SCHEMA_V1), 2: _script(SCHEMA_V2),
+                                                               3: _rehash_versions}
 SCHEMA_VERSION = max(MIGRATIONS)
 
 
