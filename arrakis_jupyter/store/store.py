@@ -462,9 +462,8 @@ class Store:
             " (SELECT group_concat(t.tag) FROM tags t WHERE t.run_id = r.id) AS tags, r.note, r.notebook, r.cell_id "
             f"FROM runs r JOIN versions v ON v.id = r.version_id WHERE {where} "
             f"ORDER BY r.started {order}, r.id {order}{page}", params)
-        df = pd.DataFrame([{k: _untext(r[k]) for k in r.keys()} for r in rows],
-                          columns=["run_id", "version", "started", "duration_s", "status", "result_type", "tags",
-                                   "note", "notebook", "cell_id"])
+        df = _frame(rows, ["run_id", "version", "started", "duration_s", "status", "result_type", "tags", "note",
+                           "notebook", "cell_id"])
         df["started"] = to_timestamps(df["started"])
         df["tags"] = df["tags"].map(_split_tags)
         return df
@@ -506,7 +505,7 @@ class Store:
     def run(self, run_id: int) -> Run:
         """One run in full, with its result decoded (tensors, DataFrames and figures read from their files)."""
         r = self.raw_run(run_id)
-        metrics = pd.DataFrame(r["metrics"], columns=["name", "step", "value", "logged"])
+        metrics = _frame(r["metrics"], ["name", "step", "value", "logged"])
         metrics["logged"] = pd.to_datetime(metrics["logged"], utc=True)
         metrics["step"] = metrics["step"].astype("Int64")
         decode_tree = lambda tree: decode(tree, self.files) if tree is not None else None  # noqa: E731
@@ -551,8 +550,7 @@ class Store:
         rows = self._query("SELECT m.run_id, v.hash AS version, m.name, m.step, m.value FROM metrics m JOIN runs r ON "
                            f"r.id = m.run_id JOIN versions v ON v.id = r.version_id WHERE {where}{extra} "
                            "ORDER BY m.rowid", [*params, *ids])
-        df = pd.DataFrame([{k: _untext(r[k]) for k in r.keys()} for r in rows],
-                          columns=["run_id", "version", "name", "step", "value"])
+        df = _frame(rows, ["run_id", "version", "name", "step", "value"])
         df["step"] = df["step"].astype("Int64")
         return df
 
@@ -599,6 +597,20 @@ def _in_runs(column: str, run_ids: Sequence[int] | None) -> tuple[str, list[str]
         return "", []
     ids = [int(i) for i in run_ids]
     return f" AND {column} IN (SELECT value FROM json_each(?))", [json.dumps(ids)]
+
+
+def _frame(rows: Sequence[Any], columns: list[str]) -> pd.DataFrame:
+    """A DataFrame of query rows (or dicts), text decoded by ``_untext``. Text with a lone surrogate cannot
+    go into pandas' Arrow strings: then the text columns keep Python strings (object dtype)."""
+    records = [{k: _untext(r[k]) for k in r.keys()} for r in rows]
+    try:
+        return pd.DataFrame(records, columns=columns)
+    except UnicodeEncodeError:
+        df = pd.DataFrame(records, columns=columns, dtype=object)
+        for col in columns:
+            if not any(isinstance(v, str) for v in df[col]):
+                df[col] = df[col].infer_objects()
+        return df
 
 
 def _split_tags(text: Any) -> list[str]:
