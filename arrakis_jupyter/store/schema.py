@@ -134,17 +134,15 @@ def check_not_newer(conn: sqlite3.Connection, where: str) -> int:
     return version
 
 
-def migrate(conn: sqlite3.Connection, where: str) -> None:
-    """Bring the store up to the latest schema, in one IMMEDIATE transaction (safe against concurrent openers)."""
+def migrate(conn: sqlite3.Connection, where: str, lock_timeout: float = 60.0) -> None:
+    """Bring the store up to the latest schema, in one IMMEDIATE transaction (safe against concurrent
+    openers, interrupts and kills: a migration is applied whole or not at all)."""
+    from .sqlite import transaction
+
     if check_not_newer(conn, where) == max(MIGRATIONS):
         return
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+    with transaction(conn, lock_timeout, f"upgrading the experiment store {where}"):
         version = check_not_newer(conn, where)  # another process may have migrated meanwhile
         for target in range(version + 1, max(MIGRATIONS) + 1):
             MIGRATIONS[target](conn)
             conn.execute(f"PRAGMA user_version = {int(target)}")
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise

@@ -130,7 +130,7 @@ class Store:
         check_not_newer(conn, f"at {self.db_path}")
         if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
             conn.execute("PRAGMA journal_mode = WAL")
-        migrate(conn, f"at {self.db_path}")
+        migrate(conn, f"at {self.db_path}", self.lock_timeout)
 
     def _open_read_only(self) -> None:
         if not self._exists():
