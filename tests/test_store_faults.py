@@ -148,7 +148,7 @@ def test_writers_killed_holding_or_waiting_for_the_lock_lose_no_committed_run(tm
     for w in waiters:
         assert w.stdout.readline().strip() == "waiting"
     time.sleep(0.5)  # all three are waiting for the holder's lock now
-    for proc in (holder, waiters[0]):
+    for proc in (waiters[0], holder):  # one killed while waiting, then the one holding the lock
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
     for w in waiters[1:]:  # the survivors get the lock and commit

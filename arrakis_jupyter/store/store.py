@@ -30,7 +30,7 @@ from .records import Run, RunRecord, Version, VersionDiff, to_timestamps, check_
 from .compare import compare_values
 from .hashing import source_hash
 from .schema import SCHEMA_VERSION, StoreVersionError, check_not_newer, migrate, schema_version
-from .sqlite import StoreBusyError, connect, retry_busy, transaction
+from .sqlite import StoreBusyError, connect, is_busy, retry_busy, transaction
 
 DB_NAME = "arrakis.db"
 STATUSES = ("ok", "error", "interrupted")
@@ -157,6 +157,8 @@ class Store:
                 if not self.read_only:
                     conn.execute("PRAGMA synchronous = NORMAL")
             except sqlite3.DatabaseError as e:
+                if is_busy(e):  # another process is creating or upgrading it: the caller retries
+                    raise
                 raise StoreError(f"cannot open the experiment store {self.db_path}: {e}") from e
             self._local.conn, self._local.pid = conn, os.getpid()
         return conn
