@@ -12,6 +12,9 @@
 2. Listing: a store with ``--runs`` runs (default 10,000) spread over ``--versions`` versions (200) of
    one experiment; ``Store.versions(name)`` (one SQL query + a DataFrame) against the peer
    ``pd.read_sql`` of the runs table grouped by version in pandas. Target: under 50 ms.
+3. One big version: ``--big`` runs (default 50,000) of one version; a page of 50 runs (first, newest
+   first, and the last page) with ``Store.version(..., limit=50)`` / ``Store.runs(limit=, offset=)``
+   against the peer ``pd.read_sql`` of the version's runs sliced in pandas. Target: under 100 ms.
 
     python benchmarks/bench_store.py [--repeats 200 --runs 10000 --versions 200 --json out.json]
 """
@@ -107,11 +110,51 @@ def listing(n_runs: int, n_versions: int, repeats: int = 20) -> dict:
     return out
 
 
+def big_version(n_runs: int, repeats: int = 20) -> dict:
+    """Pages of one version holding ``n_runs`` runs (filled by one executemany, not n_runs records)."""
+    import sqlite3
+    import uuid
+
+    import pandas as pd
+
+    from arrakis_jupyter.store import RunRecord, Store
+
+    store = Store(tempfile.mkdtemp(prefix="arrakis-bench-big-"))
+    store.record(RunRecord(name="big", source="x = 1", started=0.0))
+    with store._write() as c:
+        c.executemany("INSERT INTO runs (version_id, uid, started, duration, status, result, result_type, note) "
+                      "VALUES (1, ?, ?, 0.01, 'ok', '1', 'int', '')",
+                      [(uuid.uuid4().hex, float(i + 1)) for i in range(n_runs - 1)])
+        c.executemany("INSERT INTO tags (run_id, tag) VALUES (?, 'sweep')", [(i,) for i in range(1, n_runs + 1, 10)])
+
+    cases = {
+        "version_first_page": lambda: store.version("big", "v1", limit=50, newest_first=True),
+        "runs_last_page": lambda: store.runs("big", "v1", limit=50, offset=n_runs - 50),
+        "count_runs": lambda: store.count_runs("big", "v1"),
+    }
+
+    def peer():
+        with sqlite3.connect(store.db_path) as conn:
+            runs = pd.read_sql("SELECT * FROM runs WHERE version_id = 1 ORDER BY started DESC", conn)
+        return runs.iloc[:50]
+
+    cases["peer_read_sql_slice"] = peer
+    assert store.version("big", "v1", limit=50).run_count == n_runs
+    times: dict[str, list[float]] = {k: [] for k in cases}
+    for _ in range(repeats):
+        for name, fn in cases.items():
+            t = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t)
+    return {name: median_ms(t) for name, t in times.items()}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--repeats", type=int, default=200)
     ap.add_argument("--runs", type=int, default=10_000)
     ap.add_argument("--versions", type=int, default=200)
+    ap.add_argument("--big", type=int, default=50_000)
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
 
@@ -131,8 +174,14 @@ def main() -> None:
           f"(ratio ours/peer {lst['versions'] / lst['peer_read_sql_groupby']:.2f})")
     print(f"  Store.experiments       {lst['experiments_list']:7.3f} ms")
     print(f"  recording while filling {lst['record_ms_per_run_while_filling']:7.3f} ms per run")
+    big = big_version(args.big)
+    print(f"one version with {args.big} runs (median ms)")
+    for k, v in big.items():
+        verdict = "" if k.startswith("peer") else f"  ({'ok' if v < 100 else 'OVER the 100 ms target'})"
+        print(f"  {k:<22} {v:8.3f} ms{verdict}")
+    print(f"  ratio first page / peer {big['version_first_page'] / big['peer_read_sql_slice']:.3f}")
     if args.json:
-        args.json.write_text(json.dumps({"recording": rec, "listing": lst}, indent=1))
+        args.json.write_text(json.dumps({"recording": rec, "listing": lst, "big_version": big}, indent=1))
 
 
 if __name__ == "__main__":
