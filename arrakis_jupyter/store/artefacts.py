@@ -4,8 +4,9 @@
 becomes a marked node ``{"__arrakis__": {"type": ...}}``: tensors and arrays are saved as
 safetensors files, DataFrames as pandas' table JSON, bokeh figures as standalone HTML,
 matplotlib figures and other objects with a PNG repr as PNG. A value that none of these fit is
-stored as a placeholder naming its type (with its repr), never silently as ``str()``.
-``decode`` turns the tree back into Python values.
+stored as a placeholder naming its type (with its repr), never silently as ``str()``; so is a value whose
+serialiser fails, so that the rest of a result is always stored. ``decode`` turns the tree back into Python
+values: floats, tensors, arrays and frames come back exactly (NaN and ±inf included).
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import datetime as dt
 import enum
 import importlib
 import io
+import json
 import math
 import os
 import pathlib
@@ -34,6 +36,8 @@ REPR_LIMIT = 500
 EXTENSIONS = {"tensor": ".safetensors", "ndarray": ".safetensors", "dataframe": ".json", "series": ".json",
               "html": ".html", "png": ".png"}
 _HASH = re.compile(r"^[0-9a-f]{64}$")
+MAX_INT_BITS = 13000  # bigger ints have more digits than JSON (Python's int/str limit: 4300) allows: stored in hex
+FRAME_JSON = {"default_handler": repr, "date_format": "iso", "date_unit": "ns"}
 
 
 @dataclass
@@ -118,6 +122,7 @@ class Encoder:
         self.files = files
         self.placeholders: list[str] = []
         self.artefacts: dict[str, tuple[str, str, int]] = {}  # hash -> (kind, file, size)
+        self._open: set[int] = set()  # ids of the values being encoded (a value met again contains itself)
 
     def put(self, data: bytes, kind: str) -> str:
         digest, rel, size = self.files.put(data, kind)
@@ -128,16 +133,35 @@ class Encoder:
         return self.encode(value, 0)
 
     def encode(self, value: Any, depth: int) -> Any:
+        """``value`` as JSON; never raises: a value whose serialiser fails becomes a placeholder naming the error."""
         if depth > MAX_DEPTH:
             return self.placeholder(value, f"nested deeper than {MAX_DEPTH} levels")
+        if id(value) in self._open:
+            return self.placeholder(value, "it contains itself")
+        self._open.add(id(value))
+        try:
+            return self._encode(value, depth)
+        except Exception as e:  # a failing serialiser must not lose the run
+            return self.placeholder(value, f"serialising it failed: {_error(e)}")
+        finally:
+            self._open.discard(id(value))
+
+    def _encode(self, value: Any, depth: int) -> Any:
         if value is None or isinstance(value, (bool, str)):
             return value
         if isinstance(value, int) and not isinstance(value, enum.Enum):
-            return int(value)
+            return int(value) if value.bit_length() <= MAX_INT_BITS else _node("int", hex=hex(value))
         if isinstance(value, float):
             return float(value) if math.isfinite(value) else _node("float", value=repr(float(value)))
+        if isinstance(value, complex):
+            return _node("complex", real=self.encode(value.real, depth), imag=self.encode(value.imag, depth))
         if isinstance(value, np.generic) and not isinstance(value, np.void):
-            return self.encode(value.item(), depth)
+            item = value.item()
+            if isinstance(item, np.generic) or isinstance(value, (np.datetime64, np.timedelta64)):
+                node = self.ndarray(np.asarray(value), depth)  # no exact Python value: a 0-d array
+                node[MARK]["scalar"] = True
+                return node
+            return self.encode(item, depth)
         if is_tensor(value):
             return self.tensor(value)
         if isinstance(value, np.ndarray):
@@ -151,7 +175,8 @@ class Encoder:
         if isinstance(value, tuple) and not hasattr(value, "_fields"):
             return _node("tuple", items=[self.encode(v, depth + 1) for v in value])
         if isinstance(value, (set, frozenset)):
-            return _node("set", items=[self.encode(v, depth + 1) for v in sorted(value, key=repr)])
+            frozen = {"frozen": True} if isinstance(value, frozenset) else {}
+            return _node("set", items=[self.encode(v, depth + 1) for v in sorted(value, key=_safe_repr)], **frozen)
         if dataclasses.is_dataclass(value) and not isinstance(value, type):
             fields = {f.name: self.encode(getattr(value, f.name), depth + 1) for f in dataclasses.fields(value)}
             return _node("dataclass", cls=type_name(value), fields=fields)
@@ -174,38 +199,55 @@ class Encoder:
         return _node("dict", items=[[self.encode(k, depth + 1), self.encode(v, depth + 1)] for k, v in value.items()])
 
     def tensor(self, value: Any) -> Any:
-        if value.is_sparse or value.device.type == "meta" or value.is_quantized:
-            return self.placeholder(value, f"{value.layout} / {value.device.type} tensors are not stored")
-        from safetensors.torch import save
+        import torch
 
-        t = value.detach().cpu().contiguous()
-        digest = self.put(save({"value": t}), "tensor")
-        node: dict[str, Any] = {"artefact": digest, "shape": list(t.shape), "dtype": str(t.dtype).replace("torch.", "")}
+        if value.layout != torch.strided or value.device.type == "meta" or value.is_quantized:
+            return self.placeholder(value, f"{value.layout} / {value.device.type} tensors are not stored")
+        t = value.detach().cpu().resolve_conj().resolve_neg().contiguous()
+        node = {"shape": list(t.shape), "dtype": str(t.dtype).replace("torch.", ""), **self.saved(t, "tensor")}
         if t.is_floating_point() and t.numel():
-            f = t.float()
-            node["summary"] = {"min": float(f.min()), "max": float(f.max()), "mean": float(f.mean())}
+            node["summary"] = summary((t if t.dtype in (torch.float32, torch.float64) else t.float()).numpy())
         return _node("tensor", **node)
 
     def ndarray(self, value: np.ndarray, depth: int) -> Any:
-        if value.dtype.kind not in "biufc":
+        if value.dtype.kind not in "biufcmM":
             return _node("ndarray_list", dtype=str(value.dtype), items=self.encode(value.tolist(), depth + 1))
-        from safetensors.numpy import save
+        a = value if value.flags.c_contiguous else value.copy(order="C")
+        node = {"shape": list(a.shape), "dtype": str(a.dtype), **self.saved(a, "ndarray")}
+        if a.dtype.kind == "f" and a.size:
+            node["summary"] = summary(a)
+        return _node("ndarray", **node)
 
-        digest = self.put(save({"value": np.ascontiguousarray(value)}), "ndarray")
-        return _node("ndarray", artefact=digest, shape=list(value.shape), dtype=str(value.dtype))
+    def saved(self, value: Any, kind: str) -> dict:
+        """Write a contiguous tensor / array as safetensors; one of a dtype safetensors lacks (complex128,
+        longdouble, datetime64...) is written as its bytes, ``raw``."""
+        save = importlib.import_module("safetensors.torch" if kind == "tensor" else "safetensors.numpy").save
+        try:
+            return {"artefact": self.put(save({"value": value}), kind)}
+        except Exception:
+            uint8 = sys.modules["torch"].uint8 if kind == "tensor" else np.uint8
+            return {"artefact": self.put(save({"value": value.reshape(-1).view(uint8)}), kind), "raw": True}
 
     def frame(self, value: pd.DataFrame | pd.Series) -> Any:
-        """DataFrames (and Series, as one-column frames) in pandas' table JSON, which keeps dtypes and index."""
+        """DataFrames (and Series, as one-column frames) in pandas' table JSON, which keeps dtypes and index
+        (split JSON where table JSON cannot hold the frame), float values exact (see ``frame_json``)."""
         kind, extra = "dataframe", {}
         if isinstance(value, pd.Series):
-            name = value.name if isinstance(value.name, (str, int, type(None))) else repr(value.name)
-            kind, extra, value = "series", {"name": name}, value.to_frame(name="value")
+            kind, extra, value = "series", {"name": _label(value.name)}, value.to_frame(name="value")
+        orient = "table" if value.columns.is_unique else "split"
         try:
-            data, orient = value.to_json(orient="table", default_handler=repr), "table"
-        except (ValueError, TypeError, NotImplementedError):
-            data, orient = value.to_json(orient="split", default_handler=repr), "split"
-        digest = self.put(data.encode(), kind)
-        return _node(kind, artefact=digest, orient=orient, shape=list(value.shape), **extra)
+            text, nonfinite = frame_json(value, orient)
+        except Exception:  # MultiIndex columns, names shared by index and columns...
+            if orient == "split":
+                raise
+            orient = "split"
+            text, nonfinite = frame_json(value, orient)
+        if nonfinite:
+            extra["nonfinite"] = nonfinite
+        digest = self.put(text.encode(), kind)
+        return _node(kind, artefact=digest, orient=orient, shape=list(value.shape),
+                     dtypes=[str(d) for d in value.dtypes], labels=[_axis_spec(value.index), _axis_spec(value.columns)],
+                     **extra)
 
     def figure(self, value: Any) -> Any:
         module = type(value).__module__ or ""
@@ -233,13 +275,184 @@ class Encoder:
     def placeholder(self, value: Any, reason: str) -> dict:
         name = type_name(value)
         self.placeholders.append(name)
-        try:
-            text = repr(value)
-        except Exception as e:  # a broken __repr__ must not lose the run
-            text = f"<repr failed: {type(e).__name__}>"
+        text = _safe_repr(value)
         if len(text) > REPR_LIMIT:
             text = text[:REPR_LIMIT] + f"... ({len(text) - REPR_LIMIT} more characters)"
         return _node("unserialisable", python_type=name, repr=text, reason=reason)
+
+
+def summary(values: np.ndarray) -> dict[str, Any]:
+    """min / max / mean of the finite values (null where there are none), with counts of ``nan``, ``posinf``
+    and ``neginf`` where there are any: always valid JSON."""
+    finite = np.isfinite(values)
+    kept = values if finite.all() else values[finite]
+    out: dict[str, Any] = {"min": None, "max": None, "mean": None}
+    if kept.size:
+        with np.errstate(over="ignore", invalid="ignore"):
+            mean = kept.mean(dtype=np.float64)
+            if not np.isfinite(mean):  # the sum overflowed: sum the values scaled down instead
+                mean = (kept / kept.size).sum(dtype=np.float64)
+            out = {"min": _finite(kept.min()), "max": _finite(kept.max()), "mean": _finite(mean)}
+    if kept.size < values.size:
+        counts = {"nan": np.isnan(values).sum(), "posinf": np.isposinf(values).sum(),
+                  "neginf": np.isneginf(values).sum()}
+        out.update({k: int(n) for k, n in counts.items() if n})
+    return out
+
+
+def frame_json(frame: pd.DataFrame, orient: str) -> tuple[str, dict[str, dict[str, list[int]]]]:
+    """``frame`` in pandas' ``table`` or ``split`` JSON, with float values exact: pandas rounds them to 10
+    digits, so they are written as Python floats (whose repr round-trips), null where not finite. Returns the
+    JSON and where ±inf were (and NaN, in object columns): ``{field: {"inf": rows, "-inf": rows, "nan": rows}}``,
+    fields numbered index levels first."""
+    n_index = frame.index.nlevels
+    fields = [frame.index.get_level_values(i) for i in range(n_index)]
+    fields += [frame.iloc[:, j] for j in range(frame.shape[1])]
+    exact = {k: _float_values(f) for k, f in enumerate(fields) if f.dtype.kind == "f" or f.dtype == object}
+    if orient == "table":
+        head = json.loads(frame.iloc[:1].to_json(orient="table", **FRAME_JSON))  # schema, and the rows' keys
+        rest = frame.iloc[:, [j for j in range(frame.shape[1]) if fields[n_index + j].dtype.kind != "f"]]
+        rows = json.loads(rest.to_json(orient="table", **FRAME_JSON))["data"]  # all but float columns
+        keys = list(head["data"][0]) if head["data"] else []
+        columns = [exact[k][0] if fields[k].dtype.kind == "f" else [row[key] for row in rows]
+                   for k, key in enumerate(keys)]
+        for k, (values, _) in exact.items():
+            if fields[k].dtype == object:
+                columns[k] = [c if v is _KEEP else v for c, v in zip(columns[k], values)]
+        tree = {"schema": head["schema"], "data": [dict(zip(keys, values)) for values in zip(*columns)]}
+    else:
+        tree = json.loads(frame.to_json(orient="split", **FRAME_JSON))
+        for k, (values, _) in exact.items():
+            rows, key = (tree["data"], k - n_index) if k >= n_index else (tree["index"], k)
+            if k < n_index == 1:
+                tree["index"] = [c if v is _KEEP else v for c, v in zip(tree["index"], values)]
+                continue
+            for row, v in zip(rows, values):
+                if v is not _KEEP:
+                    row[key] = v
+    nonfinite = {str(k): where for k, (_, where) in exact.items() if where}
+    return json.dumps(tree, allow_nan=False, check_circular=False, separators=(",", ":")), nonfinite
+
+
+_KEEP = object()  # a cell of an object column that is not a float: as pandas wrote it
+
+
+def _float_values(values: pd.Series | pd.Index) -> tuple[list, dict[str, list[int]]]:
+    """A column's float values as Python floats (None where not finite; ``_KEEP`` for the other cells of an
+    object column), and the rows of ±inf (and of NaN, in an object column)."""
+    if values.dtype == object:
+        items = [float(v) if isinstance(v, (float, np.floating)) else _KEEP for v in values.tolist()]
+        a = np.array([math.nan if v is _KEEP else v for v in items], dtype=np.float64)
+        nan = [i for i, v in enumerate(items) if v is not _KEEP and v != v]
+    else:
+        a = np.asarray(values.to_numpy(dtype=np.float64, na_value=np.nan))
+        items, nan = a.tolist(), []
+    bad = ~np.isfinite(a)
+    for i in np.flatnonzero(bad).tolist():
+        if items[i] is not _KEEP:
+            items[i] = None
+    where = {"inf": np.flatnonzero(a == np.inf).tolist(), "-inf": np.flatnonzero(a == -np.inf).tolist(), "nan": nan}
+    return items, {sign: rows for sign, rows in where.items() if rows}
+
+
+def _read_frame(text: str, node: dict) -> pd.DataFrame:
+    """The DataFrame ``frame_json`` wrote (parsed exactly, by Python's json), its ±inf, dtypes and labels restored."""
+    if "labels" not in node:  # written before exact floats: pandas' reader, as then
+        return pd.read_json(io.StringIO(text), orient=node["orient"])
+    tree, (index_spec, columns_spec) = json.loads(text), node["labels"]
+    n_index = index_spec["levels"]
+    if node["orient"] == "table":
+        fields = _table_fields(tree)
+        names: list = [f["name"] for f in tree["schema"]["fields"][n_index:]]
+    else:
+        width, rows = len(tree["columns"]), tree["data"]
+        index = tree["index"] if n_index == 1 else [[v[i] for v in tree["index"]] for i in range(n_index)]
+        fields = ([pd.Series(index, dtype=object)] if n_index == 1 else [pd.Series(v, dtype=object) for v in index])
+        fields += [pd.Series([row[j] for row in rows], dtype=None if rows else object) for j in range(width)]
+        names = tree["columns"] if columns_spec["levels"] == 1 else [list(v) for v in zip(*tree["columns"])]
+    for k, where in node.get("nonfinite", {}).items():
+        field = fields[int(k)]
+        values = field.to_numpy(copy=True) if field.dtype == object else field.to_numpy(np.float64, True, np.nan)
+        for sign, rows in where.items():
+            values[rows] = float(sign)
+        fields[int(k)] = pd.Series(values)
+    columns = [_astype(f, d) for f, d in zip(fields[n_index:], node["dtypes"])]
+    frame = pd.DataFrame({j: c.array for j, c in enumerate(columns)}, index=_axis(fields[:n_index], index_spec))
+    frame.columns = _axis(names if columns_spec["levels"] > 1 else [names], columns_spec)
+    return frame
+
+
+def _table_fields(tree: dict) -> list[pd.Series]:
+    """The fields (index levels, then columns) of pandas' table JSON, typed as its schema says."""
+    from pandas.io.json._table_schema import convert_json_field_to_pandas_type
+
+    fields, rows = tree["schema"]["fields"], tree["data"]
+    keys = list(rows[0]) if rows else []
+    out = []
+    for j, field in enumerate(fields):
+        column = pd.Series([row[keys[j]] for row in rows], dtype=None if rows else object)
+        try:
+            out.append(column.astype(convert_json_field_to_pandas_type(field)))
+        except Exception:  # ISO durations, which pandas cannot read...: typed by the node's dtypes, if at all
+            out.append(column)
+    return out
+
+
+def _axis_spec(labels: pd.Index) -> dict:
+    """What rebuilds an index (or the columns) from JSON: levels, names and each level's dtype."""
+    levels = [labels.get_level_values(i) for i in range(labels.nlevels)]
+    spec = {"levels": labels.nlevels, "names": [_label(n) for n in labels.names],
+            "dtypes": [str(v.dtype) for v in levels]}
+    if isinstance(labels, pd.RangeIndex):
+        spec["range"] = [labels.start, labels.stop, labels.step]
+    return spec
+
+
+def _axis(levels: list, spec: dict) -> pd.Index:
+    """An index (or columns) from its levels' values and ``_axis_spec``."""
+    if "range" in spec:
+        return pd.RangeIndex(*spec["range"], name=spec["names"][0])
+    arrays = [_astype(pd.Index(v), d) for v, d in zip(levels, spec["dtypes"])]
+    if spec["levels"] == 1:
+        return arrays[0].rename(spec["names"][0])
+    return pd.MultiIndex.from_arrays(arrays, names=spec["names"])
+
+
+def _astype(values: Any, dtype: str) -> Any:
+    """``values`` as ``dtype`` (a dtype's name), or as they are where pandas cannot convert them."""
+    if str(values.dtype) == dtype:
+        return values
+    try:
+        return values.astype(dtype)
+    except Exception:  # kept as read
+        return values
+
+
+def _label(name: Any) -> Any:
+    """A Series / index name as JSON (its repr where it is not a str, int or None)."""
+    name = name.item() if isinstance(name, np.generic) else name
+    return name if isinstance(name, (str, int, type(None))) else _safe_repr(name)
+
+
+def _finite(x: Any) -> float | None:
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+def _safe_repr(value: Any) -> str:
+    try:
+        return repr(value)
+    except Exception as e:  # a broken __repr__ must not lose the run
+        return f"<repr failed: {type(e).__name__}>"
+
+
+def _error(e: BaseException) -> str:
+    """``TypeName: message`` of an exception (shortened), even where its ``str`` fails."""
+    try:
+        text = f"{type(e).__name__}: {e}"
+    except Exception:
+        text = type(e).__name__
+    return text if len(text) <= REPR_LIMIT else text[:REPR_LIMIT] + "..."
 
 
 def decode(tree: Any, files: ArtefactFiles) -> Any:
@@ -253,19 +466,28 @@ def decode(tree: Any, files: ArtefactFiles) -> Any:
     node = tree[MARK]
     kind = node["type"]
     if kind == "float":
-        return float(node["value"])
-    if kind == "tensor":
-        from safetensors.torch import load_file
-
-        return load_file(files.path(node["artefact"], "tensor"))["value"]
-    if kind == "ndarray":
-        from safetensors.numpy import load_file
-
-        return load_file(files.path(node["artefact"], "ndarray"))["value"]
+        value = float(node["value"])
+        return math.nan if math.isnan(value) else value  # one NaN object: a NaN dict key finds itself
+    if kind == "int":
+        return int(node["hex"], 16)
+    if kind == "complex":
+        return complex(decode(node["real"], files), decode(node["imag"], files))
+    if kind in ("tensor", "ndarray"):
+        load = importlib.import_module("safetensors.torch" if kind == "tensor" else "safetensors.numpy").load_file
+        value = load(files.path(node["artefact"], kind))["value"]
+        if node.get("raw"):  # bytes of a dtype safetensors lacks
+            dtype = getattr(sys.modules["torch"], node["dtype"]) if kind == "tensor" else np.dtype(node["dtype"])
+            value = value.view(dtype).reshape(node["shape"])
+        return value[()] if node.get("scalar") else value
     if kind == "ndarray_list":
-        return np.array(decode(node["items"], files), dtype=object)
+        dtype = np.dtype(node["dtype"]) if re.fullmatch(r"[<>|=]?U\d+", node["dtype"]) else object
+        return np.array(decode(node["items"], files), dtype=dtype)
     if kind in ("dataframe", "series"):
-        frame = pd.read_json(io.StringIO(files.path(node["artefact"], kind).read_text()), orient=node["orient"])
+        text = files.path(node["artefact"], kind).read_text()
+        try:
+            frame = _read_frame(text, node)
+        except Exception:  # a frame this reader does not know: pandas' reader, which rounds floats
+            frame = pd.read_json(io.StringIO(text), orient=node["orient"])
         if kind == "dataframe":
             return frame
         return frame.iloc[:, 0].rename(node.get("name"))
@@ -275,7 +497,8 @@ def decode(tree: Any, files: ArtefactFiles) -> Any:
     if kind == "tuple":
         return tuple(decode(node["items"], files))
     if kind == "set":
-        return set(_hashable(v) for v in decode(node["items"], files))
+        items = (_hashable(v) for v in decode(node["items"], files))
+        return frozenset(items) if node.get("frozen") else set(items)
     if kind == "dict":
         return {_hashable(decode(k, files)): decode(v, files) for k, v in node["items"]}
     if kind in ("dataclass", "namedtuple"):
@@ -311,7 +534,9 @@ def _html_repr(value: Any) -> str | None:
 
 
 def _hashable(value: Any) -> Any:
-    return tuple(_hashable(v) for v in value) if isinstance(value, list) else value
+    if isinstance(value, list):
+        return tuple(_hashable(v) for v in value)
+    return frozenset(value) if isinstance(value, set) else value
 
 
 def _trusted_class(qualified: str) -> type | None:
@@ -330,6 +555,13 @@ def _trusted_class(qualified: str) -> type | None:
 
 def describe(value: Any) -> str:
     """A short label of a result's type for tables: ``float``, ``Tensor[2, 3] float32``, ``DataFrame 10×3``."""
+    try:
+        return _describe(value)
+    except Exception:  # a value that breaks len() or .shape
+        return type(value).__name__
+
+
+def _describe(value: Any) -> str:
     if is_tensor(value):
         return f"Tensor{list(value.shape)} {str(value.dtype).replace('torch.', '')}"
     if isinstance(value, np.ndarray):

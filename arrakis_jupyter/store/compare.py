@@ -1,7 +1,13 @@
-"""Side-by-side comparison of two stored results (used by ``Store.diff``)."""
+"""Side-by-side comparison of two stored results (used by ``Store.diff``).
+
+``max_abs_diff`` is always a float: inf where values are that far apart (or overflow), NaN where nothing
+compares (NaN against a number, values that are not numbers); equal non-finite values (inf and inf, NaN and
+NaN) count as equal, with a difference of 0.
+"""
 from __future__ import annotations
 
 import math
+import sys
 from typing import Any
 
 import numpy as np
@@ -20,16 +26,48 @@ def _short(value: Any) -> str:
 
 
 def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, (int, float, complex, np.number)) and not isinstance(value, (bool, np.bool_))
+
+
+def _numpy(value: Any) -> np.ndarray:
+    """A tensor or array as numpy, exactly (dtypes numpy lacks, like bfloat16, widened)."""
+    if not is_tensor(value):
+        return np.asarray(value)
+    t = value.detach().cpu().resolve_conj().resolve_neg()
+    try:
+        return t.numpy()
+    except TypeError:  # bfloat16, float8, complex32...
+        return (t.to(sys.modules["torch"].complex64) if t.is_complex() else t.double()).numpy()
 
 
 def _array_diff(a: Any, b: Any) -> tuple[bool, float]:
-    x = a.detach().double().cpu().numpy() if is_tensor(a) else np.asarray(a, dtype=float)
-    y = b.detach().double().cpu().numpy() if is_tensor(b) else np.asarray(b, dtype=float)
+    x, y = _numpy(a), _numpy(b)
     if x.shape != y.shape:
         return False, math.nan
-    diff = float(np.nanmax(np.abs(x - y))) if x.size else 0.0
-    return bool(np.array_equal(x, y, equal_nan=True)), diff
+    with np.errstate(all="ignore"):
+        equal = bool(np.array_equal(x, y, equal_nan=x.dtype.kind in "fc" and y.dtype.kind in "fc"))
+        if equal or not x.size:
+            return equal, 0.0
+        wide = np.complex128 if "c" in (x.dtype.kind, y.dtype.kind) else np.float64
+        x, y = x.astype(wide), y.astype(wide)
+        diff = np.abs(x - y)
+        diff[(x == y) | np.isnan(x) & np.isnan(y)] = 0.0
+        comparable = diff[~np.isnan(diff)]
+        return False, float(comparable.max()) if comparable.size else math.nan
+
+
+def _scalar_diff(a: Any, b: Any) -> tuple[bool, float]:
+    a, b = (v.item() if isinstance(v, np.generic) else v for v in (a, b))
+    if a == b or (_isnan(a) and _isnan(b)):
+        return True, 0.0
+    try:
+        return False, float(abs(a - b))
+    except OverflowError:  # ints too big for a float
+        return False, math.inf
+
+
+def _isnan(value: Any) -> bool:
+    return isinstance(value, (float, complex)) and value != value
 
 
 def compare_values(a: Any, b: Any, path: str = "result") -> pd.DataFrame:
@@ -61,17 +99,18 @@ def _leaf(a: Any, b: Any) -> tuple[bool, float]:
     if array(a) and array(b):
         try:
             return _array_diff(a, b)
-        except (TypeError, ValueError):
+        except Exception:  # object arrays of things that are not numbers
             return False, math.nan
     if isinstance(a, pd.DataFrame) and isinstance(b, pd.DataFrame) or isinstance(a, pd.Series) and isinstance(b, pd.Series):
         equal = a.equals(b)
         numeric_a, numeric_b = a.select_dtypes("number") if a.ndim == 2 else a, b.select_dtypes("number") if b.ndim == 2 else b
         try:
-            return equal, _array_diff(numeric_a.to_numpy(), numeric_b.to_numpy())[1]
-        except (TypeError, ValueError):
+            return equal, 0.0 if equal else _array_diff(numeric_a.to_numpy(na_value=np.nan),
+                                                       numeric_b.to_numpy(na_value=np.nan))[1]
+        except Exception:
             return equal, math.nan
     if _number(a) and _number(b):
-        return a == b or (math.isnan(a) and math.isnan(b)), abs(a - b)
+        return _scalar_diff(a, b)
     try:
         return bool(a == b), math.nan
     except Exception:
