@@ -106,6 +106,25 @@ def test_gc_removes_unused_files_temporaries_and_entries_but_not_young_or_used_o
     assert store.gc()["files"] == []
 
 
+def test_an_unused_file_a_new_run_reuses_is_refreshed_so_gc_keeps_it(tmp_path):
+    import torch
+
+    store = Store(tmp_path)
+    first = store.record(RunRecord(name="a", source="x", result=torch.arange(4)))
+    path = store.artefact(store.raw_run(first)["artefact_list"][0][0])[0]
+    store.delete_version("a", "v1")
+    from safetensors.torch import save
+
+    # the same file left unused long ago (a crash between a delete's commit and its unlink)
+    path.parent.mkdir(exist_ok=True)
+    path.write_bytes(save({"value": torch.arange(4)}))
+    os.utime(path, (time.time() - 7200,) * 2)
+    # a new run producing the same bytes finds the file there and does not rewrite it, but marks it fresh
+    second = store.record(RunRecord(name="b", source="y", result=torch.arange(4)))
+    assert time.time() - path.stat().st_mtime < 60
+    assert store.gc()["files"] == [] and torch.equal(store.run(second).result, torch.arange(4))
+
+
 @pytest.fixture
 def ip(tmp_path):
     shell = InteractiveShell.instance()

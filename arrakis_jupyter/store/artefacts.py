@@ -82,7 +82,9 @@ class ArtefactFiles:
         digest = content_hash(data)
         rel = f"{digest[:2]}/{digest}{EXTENSIONS[kind]}"
         path = self.root / rel
-        if not path.exists():
+        try:  # already there: marked as fresh, so that Store.gc's grace period protects it until our commit
+            os.utime(path)
+        except FileNotFoundError:
             path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
             try:
@@ -92,6 +94,8 @@ class ArtefactFiles:
             except BaseException:
                 pathlib.Path(tmp).unlink(missing_ok=True)
                 raise
+        except OSError:  # there, but not ours to touch
+            pass
         return digest, rel, len(data)
 
     def path(self, digest: str, kind: str) -> pathlib.Path:

@@ -212,9 +212,9 @@ class Store:
         self._check_writable()  # before any artefact file is written
         encoder = Encoder(self.files)
         result = json.dumps(encoder(rec.result), allow_nan=False)
-        rec.placeholders = list(encoder.placeholders)
         arguments = json.dumps(encoder(rec.arguments), allow_nan=False) if rec.arguments is not None else None
         figures = json.dumps(encoder(list(rec.figures)), allow_nan=False) if rec.figures else None
+        rec.placeholders = list(encoder.placeholders)
         digest = source_hash(rec.source)
         row = {"uid": rec.uid, "started": rec.started, "duration": rec.duration, "status": rec.status,
                "error": _text(rec.error), "arguments": arguments, "result": result,
