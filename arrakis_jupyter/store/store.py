@@ -30,7 +30,7 @@ from .records import Run, RunRecord, Version, VersionDiff, to_timestamps, check_
 from .compare import compare_values
 from .hashing import source_hash
 from .schema import SCHEMA_VERSION, StoreVersionError, check_not_newer, migrate, schema_version
-from .sqlite import StoreBusyError, connect, is_busy, retry_busy, transaction
+from .sqlite import connect, is_busy, retry_busy, transaction
 
 DB_NAME = "arrakis.db"
 STATUSES = ("ok", "error", "interrupted")
