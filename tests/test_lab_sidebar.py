@@ -405,3 +405,44 @@ def test_sidebar_draw_time_with_10000_runs(tmp_path):
     assert t["runs_drawn"] == 50  # one page of runs (each version has 50)
     assert t["open_ms"] < 500, t
     assert t["refresh_ms_median"] < 500, t
+
+
+def test_sidebar_shows_older_runs_of_a_big_version_a_page_at_a_time(tmp_path):
+    from arrakis_jupyter.store import RunRecord, Store
+
+    store = Store(tmp_path / "experiments")
+    for i in range(1, 121):
+        store.record(RunRecord(name="many", source="x = 1", result=i, metrics=[("loss", 0, float(i), 0.0)],
+                               started=1.7e9 + i))
+    store.close()
+    lab = start_lab(tmp_path, {"arrakis-jupyter:plugin": {"refreshInterval": 0, "pageSize": 50}})
+    try:
+        with chromium_page(1500, 1000) as page:
+            errors = watch_errors(page)
+            open_lab_home(page, lab)
+            page.evaluate("() => window.jupyterapp.commands.execute('arrakis:open')")
+            exp = page.locator(f"{SIDEBAR} .arrakis-exp-item[data-name='many']")
+            exp.locator(".arrakis-exp-row").click()
+            exp.locator(".arrakis-version-item[data-v='1']").click()
+            detail = page.locator(f"{SIDEBAR} .arrakis-version-detail[data-v='1']")
+            page.locator(f"{SIDEBAR} .arrakis-run-detail[data-run-id='120']").wait_for(timeout=10_000)  # the newest
+            assert detail.locator(".arrakis-runs-section .arrakis-section-title").text_content() == "Runs (120)"
+            rows = detail.locator(".arrakis-run-item")
+            ids = lambda: [int(i) for i in rows.evaluate_all("rs => rs.map(r => r.dataset.runId)")]  # noqa: E731
+            assert ids() == list(range(120, 70, -1))  # one page, newest first
+            more = detail.locator(".arrakis-more")
+            assert more.text_content() == "Show more (70 older)"
+            more.click()
+            page.wait_for_function("() => document.querySelectorAll('#arrakis-experiments .arrakis-run-item')"
+                                   ".length === 100", timeout=10_000)
+            assert ids() == list(range(120, 20, -1)) and more.text_content() == "Show more (20 older)"
+            more.click()
+            page.wait_for_function("() => document.querySelectorAll('#arrakis-experiments .arrakis-run-item')"
+                                   ".length === 120", timeout=10_000)
+            assert ids() == list(range(120, 0, -1)) and detail.locator(".arrakis-more").count() == 0
+            rows.last.click()  # an older run's detail
+            page.locator(f"{SIDEBAR} .arrakis-run-detail[data-run-id='1'] .arrakis-metrics").wait_for(timeout=10_000)
+            page.screenshot(path=str(OUT / "11_show_more_runs.png"))
+            assert not errors, errors
+    finally:
+        lab.stop()

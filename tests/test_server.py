@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 import torch
@@ -75,7 +77,7 @@ async def test_experiments_versions_runs_and_a_version(jp_fetch, store):
     v1 = await get(jp_fetch, "experiments", "ioi", "versions", "v1", dir="nb")
     assert v1["source"] == "x = 1\nx" and v1["hash"] == versions["items"][0]["hash"]
     assert v1["metrics"] == [{"run_id": 1, "name": "loss", "step": 0, "value": 2.0}]
-    assert [r["run_id"] for r in v1["runs"]] == [1]
+    assert [r["run_id"] for r in v1["runs"]["items"]] == [1] and v1["run_count"] == v1["runs"]["total"] == 1
     assert [(a["run_id"], a["kind"]) for a in v1["artefacts"]] == [(1, "tensor")]
     assert v1["artefacts"][0]["url"].endswith(f"arrakis/api/artefacts/{v1['artefacts'][0]['hash']}?dir=nb")
     by_prefix = await get(jp_fetch, "experiments", "ioi", "versions", v1["hash"][:6], dir="nb")
@@ -205,3 +207,348 @@ async def test_reads_while_a_kernel_writes(jp_fetch, store, jp_root_dir):
     final = await get(jp_fetch, "experiments", dir="nb")
     assert totals == sorted(totals) and len(totals) > 5  # every read consistent, counts only grow
     assert sum(e["runs"] for e in final["items"]) == 4 + 1500
+
+
+# ---- paging: one page of a version's runs, in SQL ---------------------------------------------------------------
+async def test_a_version_pages_its_runs_newest_first_with_their_metrics_and_artefacts(jp_fetch, store):
+    v2 = await get(jp_fetch, "experiments", "ioi", "versions", "v2", dir="nb")
+    assert v2["run_count"] == 2 and v2["v"] == 2 and v2["source"] == "x = 2\nx"
+    assert v2["runs"]["total"] == 2 and v2["runs"]["offset"] == 0 and v2["runs"]["limit"] == 50
+    assert [r["run_id"] for r in v2["runs"]["items"]] == [3, 2]  # newest first
+    assert {a["run_id"] for a in v2["artefacts"]} == {2} and len(v2["artefacts"]) == 3
+    newest = await get(jp_fetch, "experiments", "ioi", "versions", "v2", dir="nb", limit=1)
+    assert [r["run_id"] for r in newest["runs"]["items"]] == [3] and newest["runs"]["total"] == 2
+    assert newest["artefacts"] == [] and newest["metrics"] == []  # only the page's runs
+    older = await get(jp_fetch, "experiments", "ioi", "versions", "v2", dir="nb", offset=1, limit=1)
+    assert [r["run_id"] for r in older["runs"]["items"]] == [2] and len(older["artefacts"]) == 3
+    assert (await get(jp_fetch, "experiments", "ioi", "versions", "v2", dir="nb", offset=5))["runs"]["items"] == []
+
+    runs = await get(jp_fetch, "experiments", "ioi", "runs", dir="nb", order="desc")
+    assert [r["run_id"] for r in runs["items"]] == [3, 2, 1] and runs["total"] == 3
+    middle = await get(jp_fetch, "experiments", "ioi", "runs", dir="nb", order="asc", offset=1, limit=1)
+    assert [r["run_id"] for r in middle["items"]] == [2] and middle["total"] == 3
+    by_version = await get(jp_fetch, "experiments", "ioi", "runs", dir="nb", hash=v2["hash"], order="desc",
+                           offset=1, limit=50)
+    assert [r["run_id"] for r in by_version["items"]] == [2] and by_version["total"] == 2
+    code, message = await error(jp_fetch, "experiments", "ioi", "runs", dir="nb", order="sideways")
+    assert code == 400 and "order must be 'asc' or 'desc'" in message
+
+
+def fill_big_version(path, n: int = 50_000) -> None:
+    """A store with one version of ``n`` runs, each with a metric and the same tensor artefact: written with
+    direct SQL (n Store.record calls would take minutes)."""
+    import sqlite3
+    import uuid
+
+    s = Store(path)
+    s.record(RunRecord(name="big", source="x = 1", result=torch.ones(2), metrics=[("loss", 0, 1.0, 0.0)],
+                       started=1e9))
+    s.close()
+    with sqlite3.connect(path / "arrakis.db") as c:
+        (vid,) = c.execute("SELECT id FROM versions").fetchone()
+        c.executemany("INSERT INTO runs (uid, version_id, started, duration, status, result, result_type, stdout, "
+                      "stderr) VALUES (?, ?, ?, 0.01, 'ok', '1', 'int', '', '')",
+                      ((uuid.uuid4().hex, vid, 1e9 + i) for i in range(1, n)))
+        c.execute("INSERT INTO metrics (run_id, name, step, value, logged) SELECT id, 'loss', 0, started, started "
+                  "FROM runs WHERE id > 1")
+        c.execute("INSERT OR IGNORE INTO run_artefacts (run_id, hash) SELECT r.id, a.hash FROM runs r, artefacts a")
+
+
+async def timed_get(jp_fetch, *parts, **params) -> tuple[float, int, dict]:
+    """(best of three: seconds, bytes), payload."""
+    best = None
+    for _ in range(3):
+        t = time.perf_counter()
+        response = await jp_fetch("arrakis", "api", *parts, params=params)
+        elapsed = time.perf_counter() - t
+        best = min(best or elapsed, elapsed)
+    return best, len(response.body), json.loads(response.body)
+
+
+async def test_a_version_with_50000_runs_answers_one_page_fast_and_small(jp_fetch, jp_root_dir):
+    fill_big_version(jp_root_dir / "experiments")
+    numbers = {}
+    seconds, size, v1 = await timed_get(jp_fetch, "experiments", "big", "versions", "v1", dir="")
+    numbers["version"] = (seconds, size)
+    assert v1["run_count"] == v1["runs"]["total"] == 50_000
+    assert [r["run_id"] for r in v1["runs"]["items"]] == list(range(50_000, 49_950, -1))
+    assert {m["run_id"] for m in v1["metrics"]} == {r["run_id"] for r in v1["runs"]["items"]}
+    assert len(v1["artefacts"]) == 50
+    for label, params in {"runs first page": {}, "runs middle page": {"offset": 25_000, "order": "desc"},
+                          "runs last page": {"offset": 49_950}, "runs last page desc": {"offset": 49_950,
+                                                                                       "order": "desc"},
+                          "runs of the version": {"hash": v1["hash"], "offset": 100, "limit": 500}}.items():
+        seconds, size, page = await timed_get(jp_fetch, "experiments", "big", "runs", dir="", **params)
+        numbers[label] = (seconds, size)
+        assert page["total"] == 50_000 and len(page["items"]) == params.get("limit", 50)
+    assert page["items"][0]["run_id"] == 101
+    print("50,000 runs:", {k: f"{s * 1e3:.1f} ms, {b / 1e3:.1f} KB" for k, (s, b) in numbers.items()})
+    for label, (seconds, size) in numbers.items():
+        assert seconds < 0.1 and size < 200_000, (label, seconds, size)
+
+
+# ---- no 500s: odd ids, paths, bodies and values answer a JSON 4xx (or a correct 200) ----------------------------
+@pytest.mark.parametrize("parts, params, method, body, status, message", [
+    (("runs", str(2**63)), {"dir": "nb"}, "GET", None, 404, "no run with id 9223372036854775808"),
+    (("runs", str(2**63 - 1)), {"dir": "nb"}, "GET", None, 404, "no run with id 9223372036854775807"),
+    (("runs", "9" * 5000), {"dir": "nb"}, "GET", None, 404, "no run with id 999"),
+    (("runs", "0"), {"dir": "nb"}, "GET", None, 404, "no run with id 0"),
+    (("runs", "-1"), {"dir": "nb"}, "GET", None, 400, "a run id is a positive integer"),
+    (("runs", "١٢"), {"dir": "nb"}, "GET", None, 400, "a run id is a positive integer"),
+    (("runs", "²"), {"dir": "nb"}, "GET", None, 400, "a run id is a positive integer"),
+    (("runs", str(2**63)), {"dir": "nb"}, "PATCH", '{"note": "x"}', 404, "no run with id 9223372036854775808"),
+    (("experiments",), {"dir": "a" * 300}, "GET", None, 400, "longer than 255 bytes"),
+    (("experiments",), {"dir": "nb/" + "é" * 200}, "GET", None, 400, "longer than 255 bytes"),
+    (("experiments",), {"dir": "/".join(["d" * 200] * 30)}, "GET", None, 400, "is too long"),
+    (("experiments",), {"dir": "nb\nx"}, "GET", None, 400, "control character"),  # tornado drops NUL itself
+    (("experiments", "ioi", "versions", "v1"), {"dir": "nb", "limit": "9" * 30}, "GET", None, 400, "limit in 1..500"),
+    (("experiments", "ioi", "versions", "v1"), {"dir": "nb", "offset": "9" * 30}, "GET", None, 400,
+     "offset must be"),
+    (("experiments", "ioi", "versions", "v" + "9" * 30), {"dir": "nb"}, "GET", None, 404, "not v999"),
+    (("experiments", "ioi", "runs"), {"dir": "nb", "since": "not a time"}, "GET", None, 400, "since"),
+    (("experiments", "ioi", "runs"), {"dir": "nb", "until": "9" * 400}, "GET", None, 400, "until"),
+    (("runs", "1"), {"dir": "nb"}, "PATCH", "[" * 30_000 + "]" * 30_000, 400, "nested too deeply"),
+    (("runs", "1"), {"dir": "nb"}, "PATCH", '{"note": "' + "x" * 2_000_000 + '"}', 413, "larger than"),
+    (("runs", "1"), {"dir": "nb"}, "PATCH", b'{"note": "\xff"}', 400, "not valid JSON"),
+    (("runs", "1"), {"dir": "nb"}, "PATCH", '{"note": "ok", "add_tags": ["fine", "a/b"]}', 400,
+     "contains a path separator"),
+    (("experiments", "ioi", "versions", "v1"), {"dir": "nb"}, "POST", "{}", 405, "Method Not Allowed"),
+])
+async def test_odd_requests_get_a_json_4xx(jp_fetch, store, parts, params, method, body, status, message):
+    code, text = await error(jp_fetch, *parts, method=method, body=body, **params)
+    assert code == status and message in text, (code, text)
+    assert store.run(1).note == ""  # a refused edit changes nothing, not even the parts that were valid
+    assert store.run(1).tags == ["a"]
+
+
+async def test_a_missing_or_truncated_artefact_file_is_a_4xx(jp_fetch, store):
+    run = await get(jp_fetch, "runs", "1", dir="nb")
+    path = store.artefact(run["artefacts"][0]["hash"])[0]
+    path.write_bytes(path.read_bytes()[:20])
+    code, message = await error(jp_fetch, "experiments", "ioi", "diff", dir="nb", a="v1", b="v2")
+    assert code == 409 and "an artefact file of the store cannot be read" in message
+    path.unlink()
+    code, message = await error(jp_fetch, "artefacts", run["artefacts"][0]["hash"], dir="nb")
+    assert code == 404 and "is missing" in message
+
+
+async def test_infinite_and_nan_values_are_sent_as_strings(jp_fetch, jp_root_dir):
+    import sqlite3
+
+    s = Store(jp_root_dir / "experiments")
+    s.record(RunRecord(name="e", source="a = 1", result={"x": float("inf"), "big": 1e308, "n": 1.0},
+                       metrics=[("loss", 0, 1e308, 0.0), ("gap", 0, float("inf"), 0.0)]))
+    s.record(RunRecord(name="e", source="a = 2", result={"x": 1.0, "big": -1e308, "n": float("nan")},
+                       metrics=[("loss", 0, -1e308, 0.0), ("gap", 0, 1.0, 0.0)]))
+    with sqlite3.connect(s.db_path) as c:  # an old store could hold NaN in these JSON columns
+        c.execute("""UPDATE runs SET model = '{"eps": NaN, "big": Infinity}', environment = '[-Infinity]'""")
+    d = await get(jp_fetch, "experiments", "e", "diff", dir="", a="v1", b="v2")
+    results = {r["path"]: r for r in d["results"]}
+    assert results["result['x']"]["max_abs_diff"] == "inf" and results["result['big']"]["max_abs_diff"] == "inf"
+    metrics = {m["metric"]: m for m in d["metrics"]}
+    assert metrics["loss"]["delta"] == "-inf" and metrics["gap"]["a"] == "inf" and metrics["gap"]["delta"] == "-inf"
+    run = await get(jp_fetch, "runs", "1", dir="")
+    assert run["model"] == {"eps": "nan", "big": "inf"} and run["environment"] == ["-inf"]
+    assert [m["value"] for m in run["metrics"]] == [1e308, "inf"]
+    version = await get(jp_fetch, "experiments", "e", "versions", "v1", dir="")
+    assert {m["name"]: m["value"] for m in version["metrics"]} == {"loss": 1e308, "gap": "inf"}
+
+
+# ---- never read outside the root / the store ------------------------------------------------------------------
+SECRET = b"ARRAKIS-SECRET-SENTINEL-5d1f"
+
+
+@pytest.fixture
+def outside(tmp_path):
+    """A directory outside the server root (which is tmp_path/root_dir): a secret file and a whole store."""
+    secret = tmp_path / "secret"
+    secret.mkdir()
+    (secret / "passwd").write_bytes(SECRET + b"\n")
+    s = Store(secret / "experiments")
+    s.record(RunRecord(name=SECRET.decode(), source="secret = 1", result=torch.ones(2), note=SECRET.decode()))
+    s.close()
+    return secret
+
+
+async def refused(jp_fetch, *parts, method="GET", body=None, **params):
+    code, message = await error(jp_fetch, *parts, method=method, body=body, **params)
+    assert SECRET.decode() not in message and "secret" not in message
+    return code, message
+
+
+async def test_symlinked_artefact_files_are_not_served(jp_fetch, store, outside):
+    # a diff loads the artefacts of each version's last successful run: never one outside the store
+    tensor = store.artefact((await get(jp_fetch, "runs", "1", dir="nb"))["artefacts"][0]["hash"])[0]
+    tensor.unlink()
+    tensor.symlink_to(outside / "passwd")
+    code, message = await refused(jp_fetch, "experiments", "ioi", "diff", dir="nb", a="v1", b="v2")
+    assert code == 403 and "not a regular file inside the store" in message
+    tensor.unlink()
+    code, message = await refused(jp_fetch, "experiments", "ioi", "diff", dir="nb", a="v1", b="v2")
+    assert code == 404 and "is missing from the store" in message
+    run = await get(jp_fetch, "runs", "2", dir="nb")
+    for artefact in run["artefacts"]:
+        path = store.artefact(artefact["hash"])[0]
+        path.unlink()
+        path.symlink_to(outside / "passwd")
+        code, message = await refused(jp_fetch, "artefacts", artefact["hash"], dir="nb")
+        assert code == 403 and "not a regular file inside the store" in message
+    # a directory where the file should be
+    path = store.artefact(run["artefacts"][0]["hash"])[0]
+    path.unlink()
+    path.mkdir()
+    code, message = await refused(jp_fetch, "artefacts", run["artefacts"][0]["hash"], dir="nb")
+    assert code == 403
+
+
+async def test_stores_reached_through_symlinks_leaving_the_root_are_refused(jp_fetch, store, outside, jp_root_dir):
+    store.close()
+    (jp_root_dir / "linked").symlink_to(outside, target_is_directory=True)  # the dir itself
+    (jp_root_dir / "leak").mkdir()
+    (jp_root_dir / "leak" / "experiments").symlink_to(outside / "experiments", target_is_directory=True)
+    (jp_root_dir / "leak2" / "experiments").mkdir(parents=True)
+    (jp_root_dir / "leak2" / "experiments" / "arrakis.db").symlink_to(outside / "experiments" / "arrakis.db")
+    (jp_root_dir / "leak3" / "experiments").mkdir(parents=True)
+    for f in ("arrakis.db", "arrakis.db-wal", "arrakis.db-shm"):
+        if (jp_root_dir / "nb" / "experiments" / f).exists():
+            shutil.copy(jp_root_dir / "nb" / "experiments" / f, jp_root_dir / "leak3" / "experiments" / f)
+    shutil.copytree(outside / "experiments" / "artefacts", outside / "artefacts")
+    (jp_root_dir / "leak3" / "experiments" / "artefacts").symlink_to(outside / "artefacts", target_is_directory=True)
+    before = (outside / "experiments" / "arrakis.db").read_bytes()
+    for dir_ in ("linked", "leak", "leak2", "leak3"):
+        for parts, method, body in ((("experiments",), "GET", None), (("store",), "GET", None),
+                                    (("experiments", SECRET.decode(), "versions", "v1"), "GET", None),
+                                    (("runs", "1"), "GET", None), (("runs", "1"), "PATCH", '{"note": "pwned"}'),
+                                    (("experiments", SECRET.decode(), "versions", "v1"), "DELETE", None)):
+            code, message = await refused(jp_fetch, *parts, method=method, body=body, dir=dir_)
+            assert code == 403, (dir_, parts, method, code, message)
+    assert (outside / "experiments" / "arrakis.db").read_bytes() == before
+    assert len(list((outside / "artefacts").rglob("*.safetensors"))) == 1
+    # a symlink that stays inside the root is fine
+    (jp_root_dir / "alias").symlink_to(jp_root_dir / "nb", target_is_directory=True)
+    assert (await get(jp_fetch, "experiments", dir="alias"))["total"] == 2
+
+
+async def test_arrakis_home_outside_the_root_is_served_but_its_artefacts_stay_inside_it(jp_fetch, outside,
+                                                                                        monkeypatch):
+    monkeypatch.setenv("ARRAKIS_HOME", str(outside / "experiments"))
+    exps = await get(jp_fetch, "experiments", dir="")
+    assert [e["name"] for e in exps["items"]] == [SECRET.decode()]
+    run = await get(jp_fetch, "runs", "1", dir="anything")
+    digest = run["artefacts"][0]["hash"]
+    tensor = await jp_fetch("arrakis", "api", "artefacts", digest, params={"dir": ""})
+    assert tensor.code == 200
+    path = Store(outside / "experiments").artefact(digest)[0]
+    path.unlink()
+    path.symlink_to(outside / "passwd")
+    code, message = await refused(jp_fetch, "artefacts", digest, dir="")
+    assert code == 403
+
+
+# ---- read endpoints never create, migrate or write anything ------------------------------------------------------
+def snapshot(folder) -> dict:
+    return {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+async def test_an_empty_database_file_is_no_store_yet_and_stays_empty(jp_fetch, jp_root_dir):
+    db = jp_root_dir / "z" / "experiments" / "arrakis.db"
+    db.parent.mkdir(parents=True)
+    db.touch()
+    assert (await get(jp_fetch, "experiments", dir="z"))["items"] == []
+    assert (await get(jp_fetch, "store", dir="z"))["exists"] is False
+    for parts in (("experiments", "x", "versions"), ("runs", "1")):
+        code, message = await error(jp_fetch, *parts, dir="z")
+        assert code == 404 and "no experiment store in z yet" in message
+    code, _ = await error(jp_fetch, "runs", "1", method="PATCH", body='{"note": "x"}', dir="z")
+    assert code == 404
+    assert [p.name for p in db.parent.iterdir()] == ["arrakis.db"] and db.stat().st_size == 0
+
+
+async def test_reads_leave_the_database_untouched(jp_fetch, store, jp_root_dir):
+    store.close()
+    folder = jp_root_dir / "nb" / "experiments"
+    before = snapshot(folder)
+    v1 = await get(jp_fetch, "experiments", "ioi", "versions", "v1", dir="nb")
+    for parts, params in ((("store",), {}), (("experiments",), {}), (("experiments", "ioi", "versions"), {}),
+                          (("experiments", "ioi", "runs"), {"order": "desc"}), (("runs", "2"), {}),
+                          (("experiments", "ioi", "diff"), {"a": "v1", "b": "v2"})):
+        await get(jp_fetch, *parts, dir="nb", **params)
+    await jp_fetch("arrakis", "api", "artefacts", v1["artefacts"][0]["hash"], params={"dir": "nb"})
+    after = snapshot(folder)
+    assert after["arrakis.db"] == before["arrakis.db"]  # same bytes, same mtime
+    # SQLite's own readers of a WAL database create the (empty) -wal and the -shm index when they are missing
+    assert after.pop("arrakis.db-wal", (b"",))[0] == before.pop("arrakis.db-wal", (b"",))[0] == b""
+    after.pop("arrakis.db-shm", None), before.pop("arrakis.db-shm", None)
+    assert after == before
+
+
+@pytest.mark.parametrize("user_version, message", [(1, "from a kernel"), (99, "upgrade arrakis_jupyter")])
+async def test_a_store_of_another_schema_version_is_a_409_and_left_as_it_is(jp_fetch, jp_root_dir, user_version,
+                                                                            message):
+    import sqlite3
+
+    from arrakis_jupyter.store.schema import SCHEMA_V1
+
+    db = jp_root_dir / "experiments" / "arrakis.db"
+    db.parent.mkdir()
+    with sqlite3.connect(db) as c:
+        c.executescript(SCHEMA_V1)
+        c.execute("INSERT INTO experiments (name, created) VALUES ('old', 0)")
+        c.execute(f"PRAGMA user_version = {user_version}")
+    c.close()
+    before = snapshot(db.parent)
+    for parts, method, body in ((("experiments",), "GET", None), (("store",), "GET", None),
+                                (("experiments", "old", "versions"), "GET", None),
+                                (("runs", "1"), "PATCH", '{"note": "x"}')):
+        code, text = await error(jp_fetch, *parts, method=method, body=body, dir="")
+        assert code == 409 and message in text, (parts, text)
+    assert snapshot(db.parent) == before
+
+
+# ---- store work never blocks the server ----------------------------------------------------------------------------
+LOCKER = textwrap.dedent("""
+    import sqlite3, sys, time
+    c = sqlite3.connect(sys.argv[1], isolation_level=None)
+    c.execute("BEGIN IMMEDIATE")
+    print("locked", flush=True)
+    time.sleep(float(sys.argv[2]))
+    c.execute("ROLLBACK")
+""")
+
+
+def hold_write_lock(db, seconds: float) -> subprocess.Popen:
+    """Another process (a kernel, say) holding the store's write lock for ``seconds``."""
+    locker = subprocess.Popen([sys.executable, "-c", LOCKER, str(db), str(seconds)], stdout=subprocess.PIPE, text=True)
+    assert locker.stdout.readline() == "locked\n"
+    return locker
+
+
+async def test_a_held_write_lock_gives_writes_a_quick_503_and_blocks_nothing_else(jp_fetch, store, jp_root_dir):
+    import asyncio
+
+    locker = hold_write_lock(jp_root_dir / "nb" / "experiments" / "arrakis.db", 6)
+    try:
+        async def patch():
+            t = time.perf_counter()
+            with pytest.raises(HTTPClientError) as info:
+                await jp_fetch("arrakis", "api", "runs", "1", params={"dir": "nb"}, method="PATCH",
+                               body='{"note": "while locked"}')
+            return time.perf_counter() - t, info.value.response
+
+        task = asyncio.ensure_future(patch())
+        latencies = []
+        while not task.done():
+            for parts in (("api", "status"), ("arrakis", "api", "experiments"), ("arrakis", "api", "runs", "1")):
+                t = time.perf_counter()
+                await jp_fetch(*parts, params={"dir": "nb"} if parts[0] == "arrakis" else {})
+                latencies.append(time.perf_counter() - t)
+        elapsed, response = await task
+        assert response.code == 503 and int(response.headers["Retry-After"]) >= 1
+        assert "another process held its write lock" in json.loads(response.body)["error"]
+        assert 1.5 < elapsed < 3.5, elapsed
+        assert len(latencies) > 20 and max(latencies) < 0.5, max(latencies)
+    finally:
+        locker.wait(timeout=30)
+    response = await jp_fetch("arrakis", "api", "runs", "1", params={"dir": "nb"}, method="PATCH",
+                              body='{"note": "after"}')
+    assert json.loads(response.body)["note"] == "after"

@@ -108,7 +108,7 @@ const plugin: JupyterFrontEndPlugin<void> = {
         if (version.kind === 'cell') {
           // the recorded arguments of the version's last run say which magic (and tools) it used
           let args: unknown = undefined;
-          const last = version.runs[version.runs.length - 1];
+          const last = version.runs.items[0]; // the newest run
           if (last) {
             try {
               args = (await api.run(panel.dir, last.run_id)).arguments;

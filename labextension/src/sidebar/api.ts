@@ -5,6 +5,9 @@ import { ServerConnection } from '@jupyterlab/services';
 
 export type Status = 'ok' | 'error' | 'interrupted' | string;
 
+/** A number as the API sends it: JSON has no infinities or NaN, so those come as "inf", "-inf", "nan". */
+export type Num = number | 'inf' | '-inf' | 'nan';
+
 export interface Page<T> {
   items: T[];
   total: number;
@@ -57,9 +60,10 @@ export interface Metric {
   run_id?: number;
   name: string;
   step: number | null;
-  value: number | null;
+  value: Num | null;
 }
 
+/** A version with one page of its runs (newest first) and the metrics and artefacts of those runs. */
 export interface VersionDetail {
   name: string;
   v: number;
@@ -68,8 +72,10 @@ export interface VersionDetail {
   source: string;
   first_seen: string | null;
   last_seen: string | null;
-  runs: RunSummary[];
+  run_count: number;
+  runs: Page<RunSummary>;
   metrics: Metric[];
+  artefacts: (Artefact & { run_id: number })[];
 }
 
 export interface Artefact {
@@ -113,14 +119,14 @@ export interface ResultComparison {
   a: unknown;
   b: unknown;
   equal: boolean | null;
-  max_abs_diff: number | null;
+  max_abs_diff: Num | null;
 }
 
 export interface MetricComparison {
   metric: string;
-  a: number | null;
-  b: number | null;
-  delta: number | null;
+  a: Num | null;
+  b: Num | null;
+  delta: Num | null;
 }
 
 export interface VersionDiff {
@@ -229,18 +235,20 @@ export class ArrakisAPI {
     return this.request('GET', `experiments/${encodeURIComponent(name)}/versions`, { dir, offset, limit });
   }
 
-  version(dir: string, name: string, ref: string): Promise<VersionDetail> {
+  /** A version with the page of its runs (newest first) from `offset`. */
+  version(dir: string, name: string, ref: string, offset = 0, limit?: number): Promise<VersionDetail> {
     return this.request(
       'GET',
       `experiments/${encodeURIComponent(name)}/versions/${encodeURIComponent(ref)}`,
-      { dir }
+      { dir, offset: offset || undefined, limit }
     );
   }
 
+  /** One page of an experiment's runs (oldest first unless `order` is 'desc'), filtered. */
   runs(
     dir: string,
     name: string,
-    filters: { hash?: string; status?: string; tag?: string; since?: string; until?: string },
+    filters: { hash?: string; status?: string; tag?: string; since?: string; until?: string; order?: 'asc' | 'desc' },
     offset: number,
     limit: number
   ): Promise<Page<RunSummary>> {

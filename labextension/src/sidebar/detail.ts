@@ -4,11 +4,11 @@ import { ServerConnection } from '@jupyterlab/services';
 import { ISignal, Signal } from '@lumino/signaling';
 import { Widget } from '@lumino/widgets';
 
-import { ApiError, ArrakisAPI, Metric, RunDetail, RunSummary, VersionDetail, VersionDiff } from './api';
+import { ApiError, ArrakisAPI, MAX_LIMIT, Metric, RunDetail, RunSummary, VersionDetail, VersionDiff } from './api';
 import { renderSideBySide, renderUnified } from './diff';
 import { duration, localTime, plural, statusBadge, stripAnsi, timeEl } from './format';
 import { renderSource } from './highlight';
-import { ArtefactLoader, el, formatNumber, renderFigures, renderValue, summarize } from './render';
+import { ArtefactLoader, el, formatNumber, numeric, renderFigures, renderValue, summarize } from './render';
 
 /** What the detail view asks of its host (the sidebar / the extension). */
 export interface DetailHost {
@@ -128,10 +128,14 @@ export class DetailView extends Widget {
 
   // ---- one version ------------------------------------------------------------------------------
   async showVersion(dir: string, name: string, ref: string, runId?: number, keep = false): Promise<void> {
+    // a reload keeps as many runs as were shown ("Show more"), one page at least
+    const s = this._state;
+    const same = keep && s.mode === 'version' && s.dir === dir && s.name === name && s.ref === ref;
+    const limit = Math.min(MAX_LIMIT, Math.max(this.pageSize, same ? this._runsShown : 0));
     const seq = this.loading(`Loading ${name} ${ref}…`, keep);
     let version: VersionDetail;
     try {
-      version = await this.api.version(dir, name, ref);
+      version = await this.api.version(dir, name, ref, 0, limit);
     } catch (err) {
       if (seq === this._seq) this.fail(err);
       return;
@@ -140,8 +144,9 @@ export class DetailView extends Widget {
     this._state = { mode: 'version', dir, name, ref: version.hash, runId };
     this._version = version;
     this._diff = null;
-    const runs = version.runs.slice().reverse(); // newest first
+    const runs = version.runs.items; // the newest page
     const selected = runs.find(r => r.run_id === runId) ?? runs[0];
+    this._runsShown = runs.length;
     const root = el('div', 'arrakis-version-detail');
     root.dataset.name = version.name;
     root.dataset.hash = version.hash;
@@ -175,7 +180,7 @@ export class DetailView extends Widget {
       'div',
       'arrakis-muted arrakis-detail-meta',
       `first seen ${localTime(version.first_seen)} · last seen ${localTime(version.last_seen)} · ${plural(
-        version.runs.length,
+        version.run_count,
         'run'
       )}`
     );
@@ -185,7 +190,7 @@ export class DetailView extends Widget {
     src.appendChild(renderSource(version.source));
     root.appendChild(src);
 
-    const runsSection = section(`Runs (${version.runs.length})`, 'arrakis-runs-section');
+    const runsSection = section(`Runs (${version.run_count})`, 'arrakis-runs-section');
     const runDetail = el('div', 'arrakis-run-detail-host');
     if (runs.length) {
       const table = el('table', 'arrakis-table arrakis-runs');
@@ -194,22 +199,43 @@ export class DetailView extends Widget {
         head.appendChild(el('th', undefined, h))
       );
       const body = table.createTBody();
-      const addRows = (from: number): void => {
-        const to = Math.min(runs.length, from + this.pageSize);
-        for (const run of runs.slice(from, to)) body.appendChild(this.runRow(run, dir, body, runDetail));
-        if (to < runs.length) {
-          const tr = body.insertRow();
-          tr.className = 'arrakis-more-row';
-          const td = tr.insertCell();
-          td.colSpan = 6;
-          const more = button(`Show more (${runs.length - to} older)`, 'arrakis-more', 'show older runs', () => {
-            tr.remove();
-            addRows(to);
-          });
-          td.appendChild(more);
+      // older runs come a page at a time from the runs endpoint, newest first; runs recorded meanwhile
+      // shift the pages, so a run already shown is skipped
+      const shown = new Set<number>();
+      let offset = 0;
+      let total = version.run_count;
+      const addRows = (page: RunSummary[]): void => {
+        offset += page.length;
+        for (const run of page) {
+          if (shown.has(run.run_id)) continue;
+          shown.add(run.run_id);
+          body.appendChild(this.runRow(run, dir, body, runDetail));
         }
+        this._runsShown = shown.size;
+        if (offset >= total || !page.length) return;
+        const tr = body.insertRow();
+        tr.className = 'arrakis-more-row';
+        const td = tr.insertCell();
+        td.colSpan = 6;
+        const label = `Show more (${total - offset} older)`;
+        const more = button(label, 'arrakis-more', 'show older runs', async () => {
+          more.disabled = true;
+          more.textContent = 'Loading…';
+          try {
+            const next = await this.api.runs(dir, version.name, { hash: version.hash, order: 'desc' }, offset,
+                                             this.pageSize);
+            if (seq !== this._seq) return;
+            total = next.total;
+            tr.remove();
+            addRows(next.items);
+          } catch (err) {
+            more.disabled = false;
+            more.textContent = `${label}: ${(err as Error).message}`;
+          }
+        });
+        td.appendChild(more);
       };
-      addRows(0);
+      addRows(runs);
       const wrap = el('div', 'arrakis-scroll-x');
       wrap.appendChild(table);
       runsSection.appendChild(wrap);
@@ -436,7 +462,7 @@ export class DetailView extends Widget {
         eq.className = 'arrakis-eq';
         const d = tr.insertCell();
         d.className = 'arrakis-num';
-        d.textContent = typeof r.max_abs_diff === 'number' ? formatNumber(r.max_abs_diff) : '';
+        d.textContent = formatNumber(r.max_abs_diff);
       }
       const wrap = el('div', 'arrakis-scroll-x');
       wrap.appendChild(table);
@@ -458,10 +484,11 @@ export class DetailView extends Widget {
         for (const v of [m.a, m.b, m.delta]) {
           const td = tr.insertCell();
           td.className = 'arrakis-num';
-          td.textContent = typeof v === 'number' ? formatNumber(v) : '—';
+          td.textContent = formatNumber(v, '—');
         }
-        if (typeof m.delta === 'number' && m.delta !== 0) {
-          tr.cells[3].classList.add(m.delta > 0 ? 'arrakis-delta-up' : 'arrakis-delta-down');
+        const delta = numeric(m.delta);
+        if (delta !== null && delta !== 0 && !Number.isNaN(delta)) {
+          tr.cells[3].classList.add(delta > 0 ? 'arrakis-delta-up' : 'arrakis-delta-down');
         }
       }
       metrics.appendChild(table);
@@ -472,6 +499,7 @@ export class DetailView extends Widget {
   }
 
   private _seq = 0;
+  private _runsShown = 0;
   private _state: DetailState = { mode: 'empty' };
   private _version: VersionDetail | null = null;
   private _run: RunDetail | null = null;
@@ -497,7 +525,7 @@ function metricsTable(metrics: Metric[], pageSize: number): HTMLElement {
     tr.insertCell().textContent = name;
     const v = tr.insertCell();
     v.className = 'arrakis-num';
-    v.textContent = typeof last.value === 'number' ? formatNumber(last.value) : '—';
+    v.textContent = formatNumber(last.value, '—');
     tr.insertCell().textContent = last.step === null || last.step === undefined ? '' : String(last.step);
     const n = tr.insertCell();
     n.className = 'arrakis-num';
@@ -506,7 +534,7 @@ function metricsTable(metrics: Metric[], pageSize: number): HTMLElement {
       n.append(String(list.length), ' ', sparkline(values));
       n.title = list
         .slice(-pageSize)
-        .map(m => `${m.step ?? ''}: ${typeof m.value === 'number' ? formatNumber(m.value) : '—'}`)
+        .map(m => `${m.step ?? ''}: ${formatNumber(m.value, '—')}`)
         .join('\n');
     } else {
       n.textContent = '1';

@@ -242,7 +242,7 @@ export class ExperimentsPanel extends Panel {
     if (!shown || this.detail.state.mode !== 'version') return;
     const st = this.expanded.get(shown.name);
     const summary = st?.page?.items.find(v => v.hash === shown.hash);
-    if (summary && summary.runs !== shown.runs.length) await this.detail.reload();
+    if (summary && summary.runs !== shown.run_count) await this.detail.reload();
   }
 
   // ---- rendering --------------------------------------------------------------------------------

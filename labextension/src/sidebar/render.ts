@@ -26,7 +26,22 @@ export function el<K extends keyof HTMLElementTagNameMap>(
   return e;
 }
 
-export function formatNumber(x: number): string {
+/** A number as the API sends it: a JSON number, or "inf", "-inf" or "nan" (JSON has no such numbers);
+ * null for anything else. */
+export function numeric(x: unknown): number | null {
+  if (typeof x === 'number') return x;
+  if (x === 'inf') return Infinity;
+  if (x === '-inf') return -Infinity;
+  if (x === 'nan') return NaN;
+  return null;
+}
+
+/** A number (or "inf", "-inf", "nan" as the API sends them) for display; `missing` for anything else. */
+export function formatNumber(value: unknown, missing = ''): string {
+  const x = numeric(value);
+  if (x === null) return missing;
+  if (Number.isNaN(x)) return 'nan';
+  if (!Number.isFinite(x)) return x > 0 ? 'inf' : '-inf';
   if (Number.isInteger(x)) return String(x);
   const abs = Math.abs(x);
   if (abs !== 0 && (abs < 1e-3 || abs >= 1e6)) return x.toExponential(4);
@@ -52,11 +67,11 @@ export function describeMarked(node: Node): string {
     case 'tensor':
     case 'ndarray': {
       let text = `${type === 'tensor' ? 'Tensor' : 'ndarray'}${shape(node)} ${node.dtype ?? ''}`.trim();
-      const s = node.summary as { min?: number; max?: number; mean?: number } | undefined;
+      const s = node.summary as { min?: unknown; max?: unknown; mean?: unknown } | undefined;
       if (s && typeof s === 'object') {
         const parts = (['min', 'max', 'mean'] as const)
-          .filter(k => typeof s[k] === 'number')
-          .map(k => `${k} ${formatNumber(s[k] as number)}`);
+          .filter(k => numeric(s[k]) !== null)
+          .map(k => `${k} ${formatNumber(s[k])}`);
         if (parts.length) text += ` · ${parts.join(' · ')}`;
       }
       return text;
