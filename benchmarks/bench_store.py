@@ -110,22 +110,33 @@ def listing(n_runs: int, n_versions: int, repeats: int = 20) -> dict:
     return out
 
 
-def big_version(n_runs: int, repeats: int = 20) -> dict:
-    """Pages of one version holding ``n_runs`` runs (filled by one executemany, not n_runs records)."""
-    import sqlite3
+def big_store(path: Path, n_runs: int, name: str = "big"):
+    """A store whose experiment ``name`` has one version with ``n_runs`` runs (one recorded, the rest
+    inserted by one executemany: filling it run by run would take minutes), every 10th run tagged."""
     import uuid
-
-    import pandas as pd
 
     from arrakis_jupyter.store import RunRecord, Store
 
-    store = Store(tempfile.mkdtemp(prefix="arrakis-bench-big-"))
-    store.record(RunRecord(name="big", source="x = 1", started=0.0))
+    store = Store(path)
+    store.record(RunRecord(name=name, source="x = 1", started=0.0, metrics=[("loss", None, 1.0, 0.0)]))
     with store._write() as c:
+        (vid,) = c.execute("SELECT v.id FROM versions v JOIN experiments e ON e.id = v.experiment_id "
+                           "WHERE e.name = ?", (name,)).fetchone()
         c.executemany("INSERT INTO runs (version_id, uid, started, duration, status, result, result_type, note) "
-                      "VALUES (1, ?, ?, 0.01, 'ok', '1', 'int', '')",
-                      [(uuid.uuid4().hex, float(i + 1)) for i in range(n_runs - 1)])
-        c.executemany("INSERT INTO tags (run_id, tag) VALUES (?, 'sweep')", [(i,) for i in range(1, n_runs + 1, 10)])
+                      "VALUES (?, ?, ?, 0.01, 'ok', '1', 'int', '')",
+                      [(vid, uuid.uuid4().hex, float(i + 1)) for i in range(n_runs - 1)])
+        c.execute("INSERT INTO tags (run_id, tag) SELECT id, 'sweep' FROM runs WHERE version_id = ? AND id % 10 = 0",
+                  (vid,))
+    return store
+
+
+def big_version(n_runs: int, repeats: int = 20) -> dict:
+    """Pages of one version holding ``n_runs`` runs."""
+    import sqlite3
+
+    import pandas as pd
+
+    store = big_store(Path(tempfile.mkdtemp(prefix="arrakis-bench-big-")), n_runs)
 
     cases = {
         "version_first_page": lambda: store.version("big", "v1", limit=50, newest_first=True),

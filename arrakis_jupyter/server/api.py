@@ -11,7 +11,7 @@ from urllib.parse import quote
 import pandas as pd
 
 from ..errors import ArrakisError, ArrakisKeyError, ArrakisValueError
-from ..store import Store, StoreError, check_name
+from ..store import Store, StoreError
 from ..store.store import MAX_RUN_ID, finite_json
 
 MAX_LIMIT = 500
@@ -181,17 +181,10 @@ def check_patch(body: Any) -> dict:
         tags = body.get(key, [])
         if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
             raise ArrakisValueError(f'"{key}" must be a list of strings, got {json.dumps(tags)[:100]}')
-    for tag in body.get("add_tags", []):
-        check_name(tag, "tag")
-    return body
+    return body  # tags and note are checked again by Store.edit_run, before it writes anything
 
 
 def patch_run(store: Store, run_id: int, body: dict) -> dict:
-    if "note" in body:
-        store.set_note(run_id, body["note"])
-    if body.get("add_tags"):
-        store.add_tags(run_id, *body["add_tags"])
-    if body.get("remove_tags"):
-        store.remove_tags(run_id, *body["remove_tags"])
+    store.edit_run(run_id, body.get("note"), body.get("add_tags", ()), body.get("remove_tags", ()))
     raw = store.raw_run(run_id)
     return {k: raw[k] for k in ("run_id", "name", "hash", "status", "tags", "note")}

@@ -260,26 +260,33 @@ class Store:
         c.executemany("INSERT OR IGNORE INTO run_artefacts (run_id, hash) VALUES (?, ?)",
                       [(run_id, h) for h in artefacts])
 
+    def edit_run(self, run_id: int, note: str | None = None, add_tags: Sequence[str] = (),
+                 remove_tags: Sequence[str] = ()) -> None:
+        """Replace a run's note and/or add and remove tags, all checked first and written in one transaction."""
+        if note is not None and not isinstance(note, str):
+            raise ArrakisValueError(f"a note must be a string, got {type(note).__name__}")
+        added = [check_name(t, "tag") for t in add_tags]
+        if not all(isinstance(t, str) for t in remove_tags):
+            raise ArrakisValueError(f"tags are strings, got {list(remove_tags)!r}")
+        run_id = self._run_id(run_id)
+        with self._write() as c:
+            self._check_run(c, run_id)
+            if note is not None:
+                c.execute("UPDATE runs SET note = ? WHERE id = ?", (_text(note), run_id))
+            c.executemany("INSERT OR IGNORE INTO tags (run_id, tag) VALUES (?, ?)", [(run_id, t) for t in added])
+            c.executemany("DELETE FROM tags WHERE run_id = ? AND tag = ?", [(run_id, _text(t)) for t in remove_tags])
+
     def set_note(self, run_id: int, note: str) -> None:
         """Replace a run's note."""
         if not isinstance(note, str):
             raise ArrakisValueError(f"a note must be a string, got {type(note).__name__}")
-        with self._write() as c:
-            if not c.execute("UPDATE runs SET note = ? WHERE id = ?", (_text(note), self._run_id(run_id))).rowcount:
-                raise ArrakisKeyError(f"no run with id {run_id} in {self.root}")
+        self.edit_run(run_id, note=note)
 
     def add_tags(self, run_id: int, *tags: str) -> None:
-        checked = [check_name(t, "tag") for t in tags]
-        with self._write() as c:
-            self._check_run(c, run_id)
-            c.executemany("INSERT OR IGNORE INTO tags (run_id, tag) VALUES (?, ?)", [(run_id, t) for t in checked])
+        self.edit_run(run_id, add_tags=tags)
 
     def remove_tags(self, run_id: int, *tags: str) -> None:
-        if not all(isinstance(t, str) for t in tags):
-            raise ArrakisValueError(f"tags are strings, got {tags!r}")
-        with self._write() as c:
-            self._check_run(c, run_id)
-            c.executemany("DELETE FROM tags WHERE run_id = ? AND tag = ?", [(run_id, _text(t)) for t in tags])
+        self.edit_run(run_id, remove_tags=tags)
 
     def _run_id(self, run_id: Any) -> int:
         if not isinstance(run_id, int) or isinstance(run_id, bool):
@@ -453,17 +460,17 @@ class Store:
         filtered by status, tag and start time (``since``/``until``: anything ``pd.Timestamp`` accepts),
         paged in SQL by limit/offset."""
         where, params = self._run_filter(name, hash, status, tag, since, until)
-        page = ""
-        if limit is not None:
-            limit, offset = _page_bound(limit, "limit"), _page_bound(offset, "offset")
-            page = " LIMIT ? OFFSET ?"
-            params += [limit, offset]
         order = "DESC" if newest_first else "ASC"
+        if limit is not None:  # the page's ids first (an index scan), then their columns and tags
+            limit, offset = _page_bound(limit, "limit"), _page_bound(offset, "offset")
+            where = (f"r.id IN (SELECT r.id FROM runs r JOIN versions v ON v.id = r.version_id WHERE {where} "
+                     f"ORDER BY r.started {order}, r.id {order} LIMIT ? OFFSET ?)")
+            params += [limit, offset]
         rows = self._query(
             "SELECT r.id AS run_id, v.hash AS version, r.started, r.duration AS duration_s, r.status, r.result_type,"
             " (SELECT group_concat(t.tag) FROM tags t WHERE t.run_id = r.id) AS tags, r.note, r.notebook, r.cell_id "
             f"FROM runs r JOIN versions v ON v.id = r.version_id WHERE {where} "
-            f"ORDER BY r.started {order}, r.id {order}{page}", params)
+            f"ORDER BY r.started {order}, r.id {order}", params)
         df = _frame(rows, ["run_id", "version", "started", "duration_s", "status", "result_type", "tags", "note",
                            "notebook", "cell_id"])
         df["started"] = to_timestamps(df["started"])
