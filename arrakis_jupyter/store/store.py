@@ -527,11 +527,11 @@ class Store:
         """(run_id, artefact hash, kind) of every artefact the runs of one version (or the given runs
         of it) hold."""
         digest = self.resolve(name, hash)
-        where, params = _in_runs("ra.run_id", run_ids)
-        rows = self._query("SELECT ra.run_id, a.hash, a.kind FROM run_artefacts ra JOIN artefacts a ON a.hash = ra.hash "
+        runs, ids = _only_runs("ra", run_ids)
+        rows = self._query(f"SELECT ra.run_id, a.hash, a.kind FROM {runs} JOIN artefacts a ON a.hash = ra.hash "
                            "JOIN runs r ON r.id = ra.run_id JOIN versions v ON v.id = r.version_id JOIN experiments e "
-                           f"ON e.id = v.experiment_id WHERE e.name = ? AND v.hash = ?{where} ORDER BY ra.run_id",
-                           (name, digest, *params))
+                           "ON e.id = v.experiment_id WHERE e.name = ? AND v.hash = ? ORDER BY ra.run_id",
+                           (*ids, name, digest))
         return [(r["run_id"], r["hash"], r["kind"]) for r in rows]
 
     def artefact(self, digest: str) -> tuple[pathlib.Path, str]:
@@ -555,10 +555,10 @@ class Store:
         if hash is not None:
             where += " AND v.hash = ?"
             params.append(self.resolve(name, hash))
-        extra, ids = _in_runs("m.run_id", run_ids)
-        rows = self._query("SELECT m.run_id, v.hash AS version, m.name, m.step, m.value FROM metrics m JOIN runs r ON "
-                           f"r.id = m.run_id JOIN versions v ON v.id = r.version_id WHERE {where}{extra} "
-                           "ORDER BY m.rowid", [*params, *ids])
+        runs, ids = _only_runs("m", run_ids)
+        rows = self._query(f"SELECT m.run_id, v.hash AS version, m.name, m.step, m.value FROM {runs} JOIN runs r ON "
+                           f"r.id = m.run_id JOIN versions v ON v.id = r.version_id WHERE {where} ORDER BY m.rowid",
+                           [*ids, *params])
         df = _frame(rows, ["run_id", "version", "name", "step", "value"])
         df["step"] = df["step"].astype("Int64")
         return df
@@ -600,12 +600,14 @@ def _page_bound(value: Any, what: str) -> int:
     return value
 
 
-def _in_runs(column: str, run_ids: Sequence[int] | None) -> tuple[str, list[str]]:
-    """An SQL condition restricting ``column`` to ``run_ids`` (none when they are None)."""
+def _only_runs(alias: str, run_ids: Sequence[int] | None) -> tuple[str, list[str]]:
+    """The FROM item of a table with a ``run_id`` column (``metrics m``, ``run_artefacts ra``) restricted
+    to ``run_ids`` (all rows when None): driven by the ids, so a page of a huge version costs only its runs."""
+    table = {"m": "metrics m", "ra": "run_artefacts ra"}[alias]
     if run_ids is None:
-        return "", []
-    ids = [int(i) for i in run_ids]
-    return f" AND {column} IN (SELECT value FROM json_each(?))", [json.dumps(ids)]
+        return table, []
+    return (f"json_each(?) ids CROSS JOIN {table} ON {alias}.run_id = ids.value",
+            [json.dumps([int(i) for i in run_ids])])
 
 
 def _frame(rows: Sequence[Any], columns: list[str]) -> pd.DataFrame:
