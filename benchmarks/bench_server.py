@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,9 +35,7 @@ import offline  # noqa: E402,F401
 sys.path.insert(0, str(offline.REPO / "tests"))
 from browser import JupyterLab  # noqa: E402
 from bench_store import big_store  # noqa: E402
-
-HOLD_LOCK = ("import sqlite3, sys, time\nc = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
-             "c.execute('BEGIN IMMEDIATE')\nprint('locked', flush=True)\ntime.sleep(float(sys.argv[2]))")
+from locks import hold_write_lock  # noqa: E402
 
 
 def fill(root: Path, n_runs: int, n_versions: int, n_experiments: int) -> float:
@@ -129,8 +126,7 @@ def big_version(fetch, n_runs: int, repeats: int) -> dict:
 
 
 def while_locked(lab, fetch, db: Path, repeats: int) -> dict:
-    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(db), "60"], stdout=subprocess.PIPE, text=True)
-    assert holder.stdout.readline().strip() == "locked"
+    holder = hold_write_lock(db, 60)
     try:
         reads = ["arrakis/api/experiments?dir=", "arrakis/api/experiments/exp0/versions?dir=",
                  "arrakis/api/experiments/exp0/versions/v1?dir=", "arrakis/api/experiments/exp0/runs?dir=&limit=50",

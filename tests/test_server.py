@@ -13,6 +13,7 @@ import torch
 from tornado.httpclient import HTTPClientError
 
 from arrakis_jupyter.store import RunRecord, Store
+from locks import hold_write_lock
 
 @pytest.fixture(autouse=True)
 def store_beside_notebooks(monkeypatch):
@@ -506,23 +507,6 @@ async def test_a_store_of_another_schema_version_is_a_409_and_left_as_it_is(jp_f
 
 
 # ---- store work never blocks the server ----------------------------------------------------------------------------
-LOCKER = textwrap.dedent("""
-    import sqlite3, sys, time
-    c = sqlite3.connect(sys.argv[1], isolation_level=None)
-    c.execute("BEGIN IMMEDIATE")
-    print("locked", flush=True)
-    time.sleep(float(sys.argv[2]))
-    c.execute("ROLLBACK")
-""")
-
-
-def hold_write_lock(db, seconds: float) -> subprocess.Popen:
-    """Another process (a kernel, say) holding the store's write lock for ``seconds``."""
-    locker = subprocess.Popen([sys.executable, "-c", LOCKER, str(db), str(seconds)], stdout=subprocess.PIPE, text=True)
-    assert locker.stdout.readline() == "locked\n"
-    return locker
-
-
 async def test_a_held_write_lock_gives_writes_a_quick_503_and_blocks_nothing_else(jp_fetch, store, jp_root_dir):
     import asyncio
 

@@ -27,6 +27,7 @@ import pytest
 import torch
 
 from arrakis_jupyter.store import RunRecord, Store
+from locks import hold_write_lock
 
 SENTINEL = "ARRAKIS-SECRET-SENTINEL-93c1"
 TOKEN = "arrakis-faults-test"
@@ -194,15 +195,6 @@ def plant(w: dict) -> dict[str, str]:
 
 
 # ---- a kernel holding the write lock ---------------------------------------------------------------------------
-LOCKER = textwrap.dedent("""
-    import sqlite3, sys, time
-    c = sqlite3.connect(sys.argv[1], isolation_level=None)
-    c.execute("BEGIN IMMEDIATE")
-    print("locked", flush=True)
-    time.sleep(float(sys.argv[2]))
-    c.execute("ROLLBACK")
-""")
-
 READS = {"status": "/api/status", "contents": "/api/contents/nb?content=1",
          "experiments": "/arrakis/api/experiments?dir=nb", "versions": "/arrakis/api/experiments/ioi/versions?dir=nb",
          "version": "/arrakis/api/experiments/ioi/versions/v2?dir=nb",
@@ -214,9 +206,7 @@ def test_a_held_write_lock_slows_no_request(world):
     conn = server.connection()
     for path in READS.values():  # warm up: stores opened, caches filled
         assert server.request("GET", path, conn=conn)[0] == 200
-    locker = subprocess.Popen([sys.executable, "-c", LOCKER, str(world["root"] / "nb" / "experiments" / "arrakis.db"),
-                               "20"], stdout=subprocess.PIPE, text=True)
-    assert locker.stdout.readline() == "locked\n"
+    locker = hold_write_lock(world["root"] / "nb" / "experiments" / "arrakis.db", 20)
     locked_at = time.monotonic()
     patches: list[tuple[int, str | None, float]] = []
 

@@ -17,23 +17,11 @@ import _thread
 import pytest
 
 from arrakis_jupyter.store import RunRecord, Store, StoreBusyError, StoreReadOnlyError
-
-HOLD_LOCK = textwrap.dedent("""
-    import sqlite3, sys, time
-    conn = sqlite3.connect(sys.argv[1], isolation_level=None)
-    conn.execute("BEGIN IMMEDIATE")
-    print("locked", flush=True)
-    time.sleep(float(sys.argv[2]))
-    conn.execute("ROLLBACK")
-""")
-
+from locks import hold_write_lock
 
 def hold_lock(store: Store, seconds: float) -> subprocess.Popen:
     """Another process holding the store's write lock for ``seconds`` (or until killed)."""
-    proc = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(store.db_path), str(seconds)],
-                            stdout=subprocess.PIPE, text=True)
-    assert proc.stdout.readline().strip() == "locked"
-    return proc
+    return hold_write_lock(store.db_path, seconds)
 
 
 def can_write_elsewhere(store: Store) -> bool:
