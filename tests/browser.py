@@ -12,7 +12,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
-from typing import Iterator
+from typing import IO, Callable, Iterator
 
 import pytest
 
@@ -52,6 +52,35 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def start_server(cmd: list[str], cwd: Path, env: dict[str, str], log_path: Path, ready: "Callable[[], bool]",
+                 what: str) -> tuple[subprocess.Popen, "IO[str]"]:
+    """Start a server process logging to ``log_path`` and wait (90 s at most) until ``ready()`` is true."""
+    log = open(log_path, "w")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=cwd, env=env)
+    deadline = time.time() + 90
+    while time.time() < deadline:
+        try:
+            if ready():
+                return proc, log
+        except OSError:
+            if proc.poll() is not None:
+                break
+        time.sleep(0.3)
+    stop_server(proc, log)
+    raise RuntimeError(f"{what} did not start: {log_path.read_text()[-3000:]}")
+
+
+def stop_server(proc: subprocess.Popen, log: "IO[str]") -> None:
+    """Terminate a server process (killed if it lingers for 20 s) and close its log."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    log.close()
+
+
 class JupyterLab:
     """A JupyterLab server on 127.0.0.1 serving ``root``, with the app exposed to page scripts."""
 
@@ -65,20 +94,9 @@ class JupyterLab:
                "--LabApp.expose_app_in_browser=True", "--ServerApp.port_retries=0"]
         if os.geteuid() == 0:
             cmd.append("--allow-root")
-        self.log = open(root / ".jupyter-lab.log", "w")
-        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, cwd=root,
-                                     env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})})
-        deadline = time.time() + 90
-        while time.time() < deadline:
-            try:
-                urllib.request.urlopen(f"{self.url}/api/status?token={self.token}", timeout=2)
-                return
-            except OSError:
-                if self.proc.poll() is not None:
-                    break
-                time.sleep(0.3)
-        self.stop()
-        raise RuntimeError(f"JupyterLab did not start: {(root / '.jupyter-lab.log').read_text()[-3000:]}")
+        self.proc, self.log = start_server(
+            cmd, root, {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}, root / ".jupyter-lab.log",
+            lambda: bool(urllib.request.urlopen(f"{self.url}/api/status?token={self.token}", timeout=2)), "JupyterLab")
 
     def open(self, page, path: str) -> None:
         """Open ``path`` (relative to root) and wait until its kernel is ready."""
@@ -98,10 +116,4 @@ class JupyterLab:
                                " === 'idle'; }", timeout=timeout_ms)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-        self.log.close()
+        stop_server(self.proc, self.log)

@@ -13,9 +13,7 @@ import json
 import os
 import random
 import shutil
-import socket
 import statistics
-import subprocess
 import sys
 import textwrap
 import threading
@@ -27,6 +25,7 @@ import pytest
 import torch
 
 from arrakis_jupyter.store import RunRecord, Store
+from browser import free_port, start_server, stop_server
 from locks import hold_write_lock
 
 SENTINEL = "ARRAKIS-SECRET-SENTINEL-93c1"
@@ -58,12 +57,6 @@ AUDITED_SERVER = textwrap.dedent("""
 """)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Server:
     """``jupyter server`` (with the arrakis extension) on ``root``, under the audit-hook wrapper."""
 
@@ -78,19 +71,9 @@ class Server:
         env = {k: v for k, v in os.environ.items() if k != "ARRAKIS_HOME"}
         env.update(ARRAKIS_AUDIT_LOG=str(self.audit), JUPYTER_CONFIG_DIR=str(base / "config"),
                    JUPYTER_RUNTIME_DIR=str(base / "runtime"), HF_HUB_OFFLINE="1")
-        self.log = open(base / "server.log", "w")
-        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, cwd=base, env=env)
-        deadline = time.time() + 90
-        while time.time() < deadline:
-            try:
-                if self.request("GET", "/arrakis/api/store?dir=")[0] == 200:
-                    return
-            except OSError:
-                if self.proc.poll() is not None:
-                    break
-            time.sleep(0.3)
-        self.stop()
-        raise RuntimeError(f"jupyter server did not start: {(base / 'server.log').read_text()[-3000:]}")
+        self.proc, self.log = start_server(cmd, base, env, base / "server.log",
+                                           lambda: self.request("GET", "/arrakis/api/store?dir=")[0] == 200,
+                                           "jupyter server")
 
     def connection(self) -> http.client.HTTPConnection:
         return http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
@@ -115,13 +98,7 @@ class Server:
                 conn.close()
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-        self.log.close()
+        stop_server(self.proc, self.log)
 
 
 def record_fixture(store: Store) -> bool:
